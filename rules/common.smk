@@ -1,0 +1,200 @@
+# Config validation, wildcard constraints and input functions shared by every stage.
+import json
+import os
+import re
+
+from snakemake.utils import validate
+
+validate(config, schema="../config/schema.yaml")
+
+# Scripts import the `rmi` package from this checkout, also in conda envs and on SLURM nodes.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in [workflow.basedir, os.environ.get("PYTHONPATH", "")] if p
+)
+
+DATASETS = list(config["datasets"])
+BACKBONES = list(config["backbones"])
+FUSIONS = list(config["fusions"])
+FUSION_MODELS = [f"{b}_{f}" for b in BACKBONES for f in FUSIONS]
+MODELS = FUSION_MODELS + (
+    [f"{m}_dcrf" for m in FUSION_MODELS] if config["crf"]["enabled"] else []
+)
+
+
+def _alternatives(names):
+    return "|".join(map(re.escape, names))
+
+
+def _check_config():
+    """Cross-field checks the JSON schema cannot express; each error names the key."""
+    for name, ds in config["datasets"].items():
+        if ds["train_split"] in ds["eval_splits"]:
+            raise ValueError(
+                f"config: datasets.{name}: train split {ds['train_split']!r} is also an eval split"
+            )
+        if ds["format"] == "shapes":
+            missing = {ds["train_split"], *ds["eval_splits"]} - set(
+                ds["generator"]["images"]
+            )
+            if missing:
+                raise ValueError(
+                    f"config: datasets.{name}.generator.images lacks splits {sorted(missing)}"
+                )
+        for dl in ds.get("downloads", []):
+            if dl not in config.get("downloads", {}):
+                raise ValueError(
+                    f"config: datasets.{name}.downloads names {dl!r}, not in downloads"
+                )
+    for table, spec in config["tables"]["length"].items():
+        ds = config["datasets"].get(spec["dataset"])
+        if ds is None or spec["split"] not in ds["eval_splits"]:
+            raise ValueError(
+                f"config: tables.length.{table}: {spec['dataset']} {spec['split']} is not an evaluated split"
+            )
+
+
+_check_config()
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    backbone=_alternatives(BACKBONES),
+    fusion=_alternatives(FUSIONS),
+    model=_alternatives(MODELS),
+    split="[A-Za-z0-9]+",
+    download=_alternatives(config.get("downloads", {})),
+
+
+def dataset_cfg(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def dataset_source(name):
+    """The loader spec of a dataset (JSON-able); generated sets are read as RefCOCO."""
+    ds = config["datasets"][name]
+    if ds["format"] == "shapes":
+        return {
+            "format": "refer",
+            "refer_dir": f"results/data/{name}",
+            "split_by": "unc",
+            "image_dir": f"results/data/{name}/images",
+            "sentence_field": "sent",
+        }
+    keys = (
+        ("refer_dir", "split_by", "image_dir", "sentence_field")
+        if ds["format"] == "refer"
+        else ("query_dir", "image_dir", "mask_dir")
+    )
+    return {"format": ds["format"], **{k: ds[k] for k in keys if k in ds}}
+
+
+def raw_inputs(wildcards):
+    """What the loaders read: the generated files, or the downloaded directories."""
+    name = wildcards.dataset
+    ds = config["datasets"][name]
+    if ds["format"] == "shapes":
+        return {
+            "refs": f"results/data/{name}/refs(unc).p",
+            "instances": f"results/data/{name}/instances.json",
+            "images": f"results/data/{name}/images",
+        }
+    return {dl: f"data/{dl}" for dl in ds.get("downloads", [])}
+
+
+def train_cache(wildcards):
+    return f"results/cache/{wildcards.dataset}/{dataset_cfg(wildcards)['train_split']}.h5"
+
+
+def backbone_cfg(wildcards):
+    return config["backbones"][wildcards.backbone]
+
+
+def weights_input(wildcards):
+    """Pretrained weights file for a backbone, fetched by rule fetch_weights when not given."""
+    bb = backbone_cfg(wildcards)
+    if not bb["pretrained"]:
+        return []
+    return bb.get("weights_path") or f"data/weights/{wildcards.backbone}.pth"
+
+
+def feature_input(wildcards):
+    if not config["train"].get("feature_cache", False):
+        return []
+    if not backbone_cfg(wildcards)["freeze_trunk"]:
+        return []
+    split = dataset_cfg(wildcards)["train_split"]
+    return f"results/features/{wildcards.dataset}/{wildcards.backbone}/{split}.h5"
+
+
+def train_params(wildcards):
+    """Everything that changes the trained weights (a change reruns training)."""
+    return json.dumps(
+        {
+            "seed": config["seed"],
+            "image_size": config["image_size"],
+            "backbone": wildcards.backbone,
+            "fusion": wildcards.fusion,
+            "backbone_cfg": {
+                k: v for k, v in backbone_cfg(wildcards).items() if k != "letter"
+            },
+            "model": config["model"],
+            "train": {
+                k: v for k, v in config["train"].items() if k != "checkpoint_every"
+            },
+        },
+        sort_keys=True,
+    )
+
+
+def crf_params():
+    return json.dumps(
+        {k: v for k, v in config["crf"].items() if k != "enabled"}, sort_keys=True
+    )
+
+
+def eval_pairs():
+    """(dataset, split) for every evaluated split, in config order."""
+    return [
+        (name, split)
+        for name, ds in config["datasets"].items()
+        for split in ds["eval_splits"]
+    ]
+
+
+def metric_files(ext):
+    return [
+        f"results/metrics/{d}/{m}/{s}.{ext}" for d, s in eval_pairs() for m in MODELS
+    ]
+
+
+def table_spec():
+    """What the tables rule needs to know (JSON): rows, columns, letters, length tables."""
+    return json.dumps(
+        {
+            "datasets": {n: ds["eval_splits"] for n, ds in config["datasets"].items()},
+            "backbones": {b: config["backbones"][b]["letter"] for b in BACKBONES},
+            "fusions": FUSIONS,
+            "dcrf": config["crf"]["enabled"],
+            "length": config["tables"]["length"],
+            "paper": config["tables"].get("paper"),
+            "thresholds": config["evaluate"]["thresholds"],
+        },
+        sort_keys=True,
+    )
+
+
+def table_outputs():
+    out = ["results/table1.csv", "results/table1.md", "results/precision.csv"]
+    out += [f"results/{t}.csv" for t in config["tables"]["length"]]
+    if config["tables"].get("paper"):
+        out.append("results/table1_vs_paper.csv")
+    return out
+
+
+def figure_targets():
+    # Filled in by the figures stage (issue 6).
+    return []
+
+
+def all_targets():
+    return table_outputs() + figure_targets()

@@ -1,0 +1,63 @@
+# Data stage: generated datasets, vocabulary, and the per-split HDF5 cache.
+
+
+# Render a generated dataset (shapes / shapes+) in the RefCOCO file layout.
+rule generate_shapes:
+    output:
+        refs="results/data/{dataset}/refs(unc).p",
+        instances="results/data/{dataset}/instances.json",
+        images=directory("results/data/{dataset}/images"),
+    params:
+        generator=lambda wildcards: json.dumps(dataset_cfg(wildcards)["generator"]),
+    log:
+        "logs/generate_shapes/{dataset}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python workflow_scripts/generate_shapes.py --params {params.generator:q}"
+        " --out-dir results/data/{wildcards.dataset} > {log} 2>&1"
+
+
+# Vocabulary of the training split: <pad> <go> <eos> <unk>, then words by frequency.
+rule vocab:
+    input:
+        unpack(raw_inputs),
+    output:
+        "results/cache/{dataset}/vocab.txt",
+    params:
+        source=lambda wildcards: json.dumps(dataset_source(wildcards.dataset)),
+        split=lambda wildcards: dataset_cfg(wildcards)["train_split"],
+        min_count=config.get("vocab_min_count", 1),
+    log:
+        "logs/vocab/{dataset}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python workflow_scripts/build_vocab.py --source {params.source:q} --split {params.split}"
+        " --min-count {params.min_count} --out {output} > {log} 2>&1"
+
+
+# One split in HDF5: padded images once per image, token ids, masks, original-size RLE.
+rule cache:
+    input:
+        unpack(raw_inputs),
+        vocab="results/cache/{dataset}/vocab.txt",
+    output:
+        "results/cache/{dataset}/{split}.h5",
+    params:
+        source=lambda wildcards: json.dumps(dataset_source(wildcards.dataset)),
+        image_size=config["image_size"],
+        max_tokens=config["max_tokens"],
+    log:
+        "logs/cache/{dataset}/{split}.log",
+    benchmark:
+        "results/benchmarks/cache/{dataset}/{split}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python workflow_scripts/build_cache.py --source {params.source:q} --split {wildcards.split}"
+        " --vocab {input.vocab} --image-size {params.image_size} --max-tokens {params.max_tokens}"
+        " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"

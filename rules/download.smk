@@ -1,0 +1,30 @@
+# Real datasets and pretrained weights. Both are localrules: cluster nodes often have no
+# internet, so these run on the submit host.
+
+
+# Download one entry of config["downloads"]: fetch each file to a temp name, verify its
+# checksum, unpack archives, then move the finished directory into place.
+rule download:
+    output:
+        directory("data/{download}"),
+    params:
+        spec=lambda wildcards: json.dumps(config["downloads"][wildcards.download]),
+    log:
+        "logs/download/{download}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python workflow_scripts/download.py --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+# ImageNet ResNet-101 / DeepLabV3-ResNet101 weights (torchvision URLs), for cluster users
+# whose compute nodes cannot reach the model hub.
+rule fetch_weights:
+    output:
+        "data/weights/{backbone}.pth",
+    log:
+        "logs/fetch_weights/{backbone}.log",
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python workflow_scripts/fetch_weights.py --backbone {wildcards.backbone} --out {output} > {log} 2>&1"

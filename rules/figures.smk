@@ -1,0 +1,1 @@
+# Figures (issue 6): per-word progression, mLSTM response maps, qualitative grid, loss curves.

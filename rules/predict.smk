@@ -1,0 +1,27 @@
+# Inference: low-resolution logits for every expression of an evaluation split.
+
+
+# Logits at S/8 (fp32) per expression; upsampling and thresholding are deterministic and
+# documented in the file's attributes, so the prediction at original size can be rebuilt.
+rule predict:
+    input:
+        model="results/models/{dataset}/{backbone}_{fusion}/model.pt",
+        cache="results/cache/{dataset}/{split}.h5",
+    output:
+        "results/predictions/{dataset}/{backbone}_{fusion}/{split}.h5",
+    params:
+        batch_size=config["predict"].get("batch_size", 32),
+    log:
+        "logs/predict/{dataset}/{backbone}_{fusion}/{split}.log",
+    benchmark:
+        "results/benchmarks/predict/{dataset}/{backbone}_{fusion}/{split}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python workflow_scripts/predict.py --model {input.model} --cache {input.cache}"
+        " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
