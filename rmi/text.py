@@ -8,6 +8,7 @@ always the last step; padded steps are skipped by the models.
 from __future__ import annotations
 
 import collections
+import hashlib
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -93,6 +94,10 @@ class Vocab:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Vocab) and self.words == other.words
+
+    def digest(self) -> str:
+        """SHA-1 of the word list: identifies the vocabulary a cache or model was built with."""
+        return hashlib.sha1("\n".join(self.words).encode("utf-8")).hexdigest()
 
     def ids(self, tokens: Sequence[str]) -> list[int]:
         """Token strings -> ids, unknown words -> ``<unk>`` (3)."""

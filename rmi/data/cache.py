@@ -1,0 +1,288 @@
+"""The per-split HDF5 cache (``results/cache/{dataset}/{split}.h5``) and its reader.
+
+Layout (``FORMAT_VERSION`` 1), S = image size, T = max tokens:
+
+=====================  ===========================  =========================================
+dataset                shape / dtype                meaning
+=====================  ===========================  =========================================
+``images``             (N_img, S, S, 3) uint8       padded RGB, one chunk per image
+``image_id``           (N_img,) int64               dataset image id
+``image_file``         (N_img,) str                 source file (for figures and messages)
+``image_hw``           (N_img, 2) int32             original (height, width)
+``ref_id``             (N_ref,) int64               referred object id
+``ref_image``          (N_ref,) int32               row in ``images``
+``ref_masks``          (N_ref, S, S) bool           padded mask (lzf, one chunk per mask)
+``ref_rle``            (N_ref,) bytes               original-resolution mask, COCO RLE counts
+``sent_id``            (N_expr,) int64              expression id
+``sent_ref``           (N_expr,) int32              row in ``ref_*``
+``image_index``        (N_expr,) int32              row in ``images`` (= ref_image[sent_ref])
+``tokens``             (N_expr, T) int64            left-padded token ids (``<pad>`` = 0)
+``n_tokens``           (N_expr,) int16              tokens the model sees (<= T)
+``sentence``           (N_expr,) str                the expression text
+=====================  ===========================  =========================================
+
+Masks are stored once per referred object (several expressions share one), which keeps a
+RefCOCO train cache small; a per-expression mask is ``ref_masks[sent_ref[i]]``.
+Attributes: ``format_version, dataset, split, image_size, max_tokens, vocab_size,
+vocab_sha1, n_expressions, n_skipped, skipped`` (JSON: reason -> count).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from rmi.data.masks import rle_decode, rle_encode
+from rmi.data.records import Expression
+from rmi.data.transforms import PadGeometry, resize_and_pad_image, resize_and_pad_mask
+from rmi.errors import InputError
+from rmi.fileio import atomic_path
+from rmi.text import Vocab, has_word, tokenize
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+_BYTES = h5py.vlen_dtype(np.dtype("uint8"))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``(h, w, 3) uint8`` RGB; a one-line ``InputError`` if it is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "image file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(path, f"corrupt or truncated image ({err})") from err
+
+
+def _progress(iterable, **kw):
+    return tqdm(iterable, mininterval=2.0, disable=None, **kw)
+
+
+def build_cache(
+    records: Sequence[Expression],
+    vocab: Vocab,
+    out: str | Path,
+    image_size: int,
+    max_tokens: int = 20,
+    dataset: str = "",
+    split: str = "",
+) -> dict:
+    """Write the cache for ``records`` (one split) atomically to ``out``; return its attributes.
+
+    Expressions with no word (empty or punctuation only) and objects whose mask is empty or
+    undecodable are skipped with a counted warning; a bad image is an error (it would lose
+    every expression of that image silently otherwise). An empty split is an error.
+    """
+    out = Path(out)
+    where = f"{dataset or out.parent.name} split {split or out.stem}"
+    if not records:
+        raise InputError(where, "split has no expressions")
+    skipped: collections.Counter = collections.Counter()
+
+    kept: list[tuple[Expression, list[str]]] = []
+    for rec in records:
+        tokens = tokenize(rec.sentence)
+        if not has_word(tokens):
+            skipped["empty expression"] += 1
+            log.warning("skipping sent_id %s (ref %s): expression %r has no word", rec.sent_id, rec.ref_id, rec.sentence)
+            continue
+        kept.append((rec, tokens))
+
+    # Objects: decode each mask once (at original size), in first-seen order.
+    ref_rows: dict[tuple[int, str], int] = {}
+    ref_masks_orig: list[np.ndarray] = []
+    ref_records: list[Expression] = []
+    expr_rows: list[tuple[Expression, list[str], int]] = []
+    bad_refs: set[tuple[int, str]] = set()
+    for rec, tokens in _progress(kept, desc=f"masks {where}", unit="expr"):
+        key = (rec.image_id, rec.mask.key or f"ref{rec.ref_id}")
+        if key in bad_refs:
+            skipped["bad mask"] += 1
+            continue
+        if key not in ref_rows:
+            try:
+                mask = rec.mask.decode()
+            except InputError as err:
+                log.warning("skipping ref %s: %s", rec.ref_id, err)
+                bad_refs.add(key)
+                skipped["bad mask"] += 1
+                continue
+            if not mask.any():
+                log.warning("skipping ref %s: %s: mask is empty", rec.ref_id, rec.mask.where)
+                bad_refs.add(key)
+                skipped["empty mask"] += 1
+                continue
+            ref_rows[key] = len(ref_masks_orig)
+            ref_masks_orig.append(mask)
+            ref_records.append(rec)
+        expr_rows.append((rec, tokens, ref_rows[key]))
+    if not expr_rows:
+        raise InputError(where, f"no usable expression left (skipped: {dict(skipped)})")
+
+    image_rows: dict[int, int] = {}
+    image_recs: list[Expression] = []
+    for rec in ref_records:
+        if rec.image_id not in image_rows:
+            image_rows[rec.image_id] = len(image_recs)
+            image_recs.append(rec)
+
+    n_img, n_ref, n_expr, size = len(image_recs), len(ref_records), len(expr_rows), image_size
+    attrs = {
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset,
+        "split": split,
+        "image_size": size,
+        "max_tokens": max_tokens,
+        "vocab_size": len(vocab),
+        "vocab_sha1": vocab.digest(),
+        "n_expressions": n_expr,
+        "n_skipped": int(sum(skipped.values())),
+        "skipped": json.dumps(dict(skipped), sort_keys=True),
+    }
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            images = f.create_dataset("images", (n_img, size, size, 3), np.uint8, chunks=(1, size, size, 3))
+            image_hw = np.zeros((n_img, 2), np.int32)
+            for i, rec in enumerate(_progress(image_recs, desc=f"images {where}", unit="img")):
+                img = load_image(rec.image_path)
+                image_hw[i] = img.shape[:2]
+                images[i] = resize_and_pad_image(img, size)
+            f["image_id"] = np.array([r.image_id for r in image_recs], np.int64)
+            f.create_dataset("image_file", data=[str(r.image_path) for r in image_recs], dtype=_STR)
+            f["image_hw"] = image_hw
+
+            ref_image = np.array([image_rows[r.image_id] for r in ref_records], np.int32)
+            for r, (rec, m) in enumerate(zip(ref_records, ref_masks_orig)):
+                if tuple(m.shape) != tuple(image_hw[ref_image[r]]):
+                    raise InputError(
+                        rec.mask.where,
+                        f"mask size {m.shape} differs from image {rec.image_path} size {tuple(image_hw[ref_image[r]])}",
+                    )
+            f["ref_id"] = np.array([r.ref_id for r in ref_records], np.int64)
+            f["ref_image"] = ref_image
+            masks = f.create_dataset("ref_masks", (n_ref, size, size), bool, chunks=(1, size, size), compression="lzf")
+            rles = f.create_dataset("ref_rle", (n_ref,), _BYTES)
+            for r, m in enumerate(_progress(ref_masks_orig, desc=f"pad masks {where}", unit="mask")):
+                masks[r] = resize_and_pad_mask(m, size)
+                rles[r] = np.frombuffer(rle_encode(m), np.uint8)
+
+            tokens = np.stack([vocab.encode_tokens(t, max_tokens) for _, t, _ in expr_rows])
+            f["sent_id"] = np.array([rec.sent_id for rec, _, _ in expr_rows], np.int64)
+            f["sent_ref"] = np.array([row for _, _, row in expr_rows], np.int32)
+            f["image_index"] = ref_image[f["sent_ref"][()]]
+            f["tokens"] = tokens
+            f["n_tokens"] = np.array([min(len(t), max_tokens) for _, t, _ in expr_rows], np.int16)
+            f.create_dataset("sentence", data=[rec.sentence for rec, _, _ in expr_rows], dtype=_STR)
+            if len(np.unique(f["sent_id"][()])) != n_expr:
+                raise InputError(where, "duplicate sent_id values")
+            f.attrs.update(attrs)
+    if skipped:
+        log.warning("%s: skipped %d expression(s): %s", where, attrs["n_skipped"], dict(skipped))
+    log.info("%s: cached %d images, %d objects, %d expressions -> %s", where, n_img, n_ref, n_expr, out)
+    return attrs
+
+
+class CacheReader:
+    """Random access to a cache file; opens its h5py handle lazily, once per process.
+
+    Safe to use from DataLoader workers: a handle opened in a parent process is never reused
+    in a forked child (h5py handles must not cross ``fork``).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        f = self.file
+        if f.attrs.get("format_version") != FORMAT_VERSION:
+            raise InputError(self.path, f"cache format {f.attrs.get('format_version')} != {FORMAT_VERSION}; rebuild it")
+        self.attrs = dict(f.attrs)
+        self.image_size = int(self.attrs["image_size"])
+        self.max_tokens = int(self.attrs["max_tokens"])
+        # Small per-expression tables are read once into memory.
+        self.sent_id = f["sent_id"][()]
+        self.sent_ref = f["sent_ref"][()]
+        self.image_index = f["image_index"][()]
+        self.tokens = f["tokens"][()]
+        self.n_tokens = f["n_tokens"][()]
+        self.ref_id = f["ref_id"][()]
+        self.image_hw = f["image_hw"][()]
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as err:
+                raise InputError(self.path, f"cannot open cache ({err})") from err
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __len__(self) -> int:
+        return len(self.sent_id)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_hw)
+
+    def image(self, image_index: int) -> np.ndarray:
+        """Padded RGB image ``(S, S, 3) uint8``."""
+        return self.file["images"][image_index]
+
+    def images(self, image_indices: Sequence[int]) -> np.ndarray:
+        """Several padded images ``(K, S, S, 3) uint8``, read in sorted order."""
+        idx = np.asarray(image_indices)
+        order = np.argsort(idx)
+        out = np.empty((len(idx), self.image_size, self.image_size, 3), np.uint8)
+        ds = self.file["images"]
+        for o in order:
+            out[o] = ds[idx[o]]
+        return out
+
+    def padded_mask(self, expr: int) -> np.ndarray:
+        """Padded ground truth ``(S, S) bool`` of expression row ``expr``."""
+        return self.file["ref_masks"][self.sent_ref[expr]]
+
+    def original_mask(self, expr: int) -> np.ndarray:
+        """Ground truth at the original image resolution, ``(h, w) bool``."""
+        h, w = self.image_hw[self.image_index[expr]]
+        return rle_decode(self.file["ref_rle"][self.sent_ref[expr]].tobytes(), h, w)
+
+    def original_size(self, expr: int) -> tuple[int, int]:
+        h, w = self.image_hw[self.image_index[expr]]
+        return int(h), int(w)
+
+    def geometry(self, expr: int) -> PadGeometry:
+        h, w = self.original_size(expr)
+        return PadGeometry.of(h, w, self.image_size)
+
+    def sentence(self, expr: int) -> str:
+        return self.file["sentence"][expr].decode("utf-8")
+
+    def image_file(self, image_index: int) -> str:
+        return self.file["image_file"][image_index].decode("utf-8")

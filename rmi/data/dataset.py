@@ -1,0 +1,141 @@
+"""PyTorch access to a cache split: batches that hold each image once, and a resumable sampler.
+
+A batch is a dict:
+
+* ``tokens``  ``(B, T) int64``  left-padded token ids
+* ``image_of`` ``(B,) int64``   which of the U images each expression belongs to
+* ``images``  ``(U, 3, S, S) uint8``  the unique padded images of the batch (or, when a
+  feature file is given, ``trunk_features (U, C, S/8, S/8) float32`` instead)
+* ``target``  ``(B, 1, S/8, S/8) float32``  the padded mask sampled at the cell grid
+* ``rows``    ``(B,) int64``  expression rows in the cache (to write predictions in order)
+
+The frozen trunk runs on the U images only; ``image_of`` gathers its output per expression.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from rmi.data.cache import CacheReader
+from rmi.data.transforms import OUTPUT_STRIDE, cell_grid
+from rmi.errors import InputError
+
+
+class FeatureReader:
+    """Lazily opened, fork-safe reader of a trunk-feature file (``features (N_img, C, h, w) fp16``)."""
+
+    def __init__(self, path: str | Path, n_images: int):
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        n = len(self.file["features"])
+        if n != n_images:
+            raise InputError(self.path, f"holds features of {n} images, the cache has {n_images}")
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def read(self, image_indices: Sequence[int]) -> np.ndarray:
+        """``(U, C, h, w) float32`` features of the given images."""
+        ds = self.file["features"]
+        return np.stack([ds[int(i)] for i in image_indices]).astype(np.float32)
+
+
+class ReferDataset(Dataset):
+    """Expressions of one cached split; ``__getitems__`` builds a whole batch (see module doc)."""
+
+    def __init__(self, cache_path: str | Path, features_path: str | Path | None = None, with_targets: bool = True):
+        self.cache = CacheReader(cache_path)
+        self.features = FeatureReader(features_path, self.cache.n_images) if features_path else None
+        self.with_targets = with_targets
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, row: int) -> dict:
+        return self.__getitems__([row])
+
+    def __getitems__(self, rows: Sequence[int]) -> dict:
+        rows = np.asarray(rows, dtype=np.int64)
+        img_idx = self.cache.image_index[rows]
+        unique, image_of = np.unique(img_idx, return_inverse=True)
+        batch = {
+            "rows": torch.from_numpy(rows),
+            "tokens": torch.from_numpy(self.cache.tokens[rows].astype(np.int64)),
+            "image_of": torch.from_numpy(image_of.astype(np.int64).reshape(-1)),
+        }
+        if self.features is not None:
+            batch["trunk_features"] = torch.from_numpy(self.features.read(unique))
+        else:
+            images = self.cache.images(unique)
+            batch["images"] = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        if self.with_targets:
+            masks = np.stack([cell_grid(self.cache.padded_mask(int(r)), OUTPUT_STRIDE) for r in rows])
+            batch["target"] = torch.from_numpy(masks.astype(np.float32))[:, None]
+        return batch
+
+
+def identity_collate(batch: dict) -> dict:
+    """The dataset already returns a collated batch (its ``__getitems__``)."""
+    return batch
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """An endless, deterministic stream of batches of expression rows, resumable at any step.
+
+    Epoch ``e`` is a permutation drawn from ``default_rng([seed, e])``. With
+    ``group_by_image`` the permutation shuffles images and keeps each image's expressions
+    consecutive, so a batch holds few distinct images (the trunk runs once per image);
+    otherwise expressions are shuffled independently. Every epoch has
+    ``ceil(N / batch_size)`` batches, so step ``k`` is batch ``k % n`` of epoch ``k // n``.
+    """
+
+    def __init__(self, image_index: np.ndarray, batch_size: int, seed: int, group_by_image: bool = True, start_step: int = 0):
+        if len(image_index) == 0:
+            raise ValueError("no expressions to sample")
+        self.image_index = np.asarray(image_index)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.group_by_image = group_by_image
+        self.start_step = int(start_step)
+        self.batches_per_epoch = -(-len(self.image_index) // self.batch_size)
+        self._groups = None
+        if group_by_image:
+            order = np.argsort(self.image_index, kind="stable")
+            bounds = np.flatnonzero(np.diff(self.image_index[order])) + 1
+            self._groups = np.split(order, bounds)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Expression rows of one epoch, in sampling order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self._groups is None:
+            return rng.permutation(len(self.image_index))
+        return np.concatenate([rng.permutation(self._groups[g]) for g in rng.permutation(len(self._groups))])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, offset = divmod(self.start_step, self.batches_per_epoch)
+        while True:
+            order = self.epoch_order(epoch)
+            for b in range(offset, self.batches_per_epoch):
+                yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            epoch, offset = epoch + 1, 0
+
+
+def sequential_batches(image_index: np.ndarray, batch_size: int) -> list[list[int]]:
+    """All rows once, grouped by image (for inference): batches of ``batch_size`` rows."""
+    order = np.argsort(np.asarray(image_index), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]

@@ -1,0 +1,112 @@
+"""Resize-and-pad to S x S (DESIGN.md section 3) and its inverse, used by cache and evaluation.
+
+Forward: scale = min(S/h, S/w), resized size ``round(h*scale) x round(w*scale)``, centred
+zero padding (top = (S - h') // 2, left = (S - w') // 2). Images are resized bilinearly
+(antialiased, PIL); masks bilinearly without antialiasing and then ``> 0``, as the official
+code does. Inverse: crop the content box and resize it to ``h x w`` (nearest for binary
+masks, bilinear for probability/score maps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+OUTPUT_STRIDE = 8
+
+
+@dataclass(frozen=True)
+class PadGeometry:
+    """Where an ``h x w`` image lands inside the ``size x size`` padded square."""
+
+    height: int
+    width: int
+    size: int
+    new_height: int
+    new_width: int
+    top: int
+    left: int
+
+    @classmethod
+    def of(cls, height: int, width: int, size: int) -> "PadGeometry":
+        """Geometry of the official ``resize_and_pad`` for an ``height x width`` input."""
+        if height <= 0 or width <= 0:
+            raise ValueError(f"image size must be positive, got {height}x{width}")
+        scale = min(size / height, size / width)
+        new_h = min(size, max(1, int(np.round(height * scale))))
+        new_w = min(size, max(1, int(np.round(width * scale))))
+        return cls(height, width, size, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
+
+    @property
+    def box(self) -> tuple[slice, slice]:
+        """Row and column slices of the content inside the padded square."""
+        return slice(self.top, self.top + self.new_height), slice(self.left, self.left + self.new_width)
+
+
+def resize_and_pad_image(image: np.ndarray, size: int) -> np.ndarray:
+    """``(h, w, 3) or (h, w) uint8 -> (size, size, 3) uint8``; grey images are tiled to RGB."""
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    geo = PadGeometry.of(image.shape[0], image.shape[1], size)
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+        (geo.new_width, geo.new_height), Image.Resampling.BILINEAR
+    )
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    out[geo.box] = np.asarray(resized)
+    return out
+
+
+def resize_and_pad_mask(mask: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
+    """``(h, w) bool -> (size, size) bool``.
+
+    ``mode="bilinear"`` (the official rule, used by the cache): bilinear resize of the 0/1 map
+    without antialiasing, then ``> 0`` (a boundary may grow by one pixel). ``"nearest"``:
+    nearest-neighbour resize, exactly inverted by ``unpad_and_resize`` on integer upscales.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"unknown mode {mode!r} (nearest | bilinear)")
+    geo = PadGeometry.of(mask.shape[0], mask.shape[1], size)
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    resized = F.interpolate(t, size=(geo.new_height, geo.new_width), mode=mode, **kwargs)
+    out = np.zeros((size, size), dtype=bool)
+    out[geo.box] = resized[0, 0].numpy() > 0
+    return out
+
+
+def unpad_and_resize(padded: np.ndarray, height: int, width: int, mode: str = "nearest") -> np.ndarray:
+    """Inverse of resize-and-pad: ``(S, S) -> (height, width)``, same dtype kind.
+
+    ``mode="nearest"`` for binary masks (bool in, bool out); ``mode="bilinear"`` for float
+    maps such as probabilities (float32 out; threshold afterwards).
+    """
+    size = padded.shape[0]
+    if padded.shape != (size, size):
+        raise ValueError(f"expected a square (S, S) array, got {padded.shape}")
+    geo = PadGeometry.of(height, width, size)
+    content = padded[geo.box]
+    if mode == "nearest":
+        img = Image.fromarray(np.ascontiguousarray(content, dtype=np.uint8))
+        return np.asarray(img.resize((width, height), Image.Resampling.NEAREST)).astype(padded.dtype)
+    if mode == "bilinear":
+        t = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))[None, None]
+        return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    raise ValueError(f"unknown mode {mode!r} (nearest | bilinear)")
+
+
+def cell_grid(mask: np.ndarray | torch.Tensor, stride: int = OUTPUT_STRIDE):
+    """Training target at the feature grid: ``(..., S, S) -> (..., S/stride, S/stride)``.
+
+    Samples ``mask[stride*i, stride*j]``, which is what the official bilinear resize of the
+    target to 40 x 40 (TF1, no half-pixel centres) reads.
+    """
+    return mask[..., ::stride, ::stride]
+
+
+def upsample_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 1, S/8, S/8) -> (B, 1, S, S)`` bilinear upsampling of the logits (test time)."""
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)

@@ -1,0 +1,245 @@
+"""Training: sigmoid cross-entropy at S/8, Adam with polynomial decay, resumable checkpoints.
+
+The official recipe (DESIGN.md section 4): loss = mean sigmoid cross-entropy of the S/8 logits
+against the padded mask sampled at the cell grid, no class weighting; Adam, lr 2.5e-4 decayed
+polynomially (power 0.9) to 1e-5 over the run; L2 weight decay 5e-4 on 1x1-conv weights.
+The official code also doubles bias gradients, which Adam's scale invariance makes a no-op,
+so nothing here reproduces it.
+
+Resumability: every ``checkpoint_every`` steps (and on SIGTERM) the full state -- model,
+optimizer, scheduler, RNG, step, log rows, elapsed time -- is written atomically to
+``checkpoint_dir/state.pt``. A restarted run with the same hyperparameters resumes from it and
+(on CPU, fixed seeds, same thread count) ends with bit-identical weights; a checkpoint made
+with other hyperparameters is ignored. The batch order is a pure function of (seed, step)
+(``StepBatchSampler``), so no sampler state needs saving beyond the step.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from rmi.checkpoint import ModelInfo, save_model
+from rmi.data.cache import CacheReader
+from rmi.data.dataset import ReferDataset, StepBatchSampler, identity_collate
+from rmi.errors import InputError
+from rmi.fileio import atomic_path, write_text
+from rmi.text import Vocab
+
+log = logging.getLogger(__name__)
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a job killed by SIGTERM reports
+
+
+def select_device(preferred: str | None = None) -> torch.device:
+    """``preferred`` if given, else CUDA when available, else CPU."""
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def poly_lr_factor(step: int, steps: int, lr: float, lr_end: float, power: float) -> float:
+    """TF ``polynomial_decay`` as a factor of ``lr``: ``((lr-end)*(1-step/steps)^power + end)/lr``."""
+    frac = 1.0 - min(step, steps) / steps
+    return ((lr - lr_end) * frac**power + lr_end) / lr
+
+
+def hparams_digest(hparams: dict) -> str:
+    """Stable hash of the hyperparameters (decides whether a checkpoint may be resumed)."""
+    return hashlib.sha1(json.dumps(hparams, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class TrainJob:
+    """One training run: inputs, outputs and settings (see ``workflow_scripts/train.py``)."""
+
+    cache: Path
+    vocab: Path
+    hparams: dict
+    out_model: Path
+    out_log: Path
+    checkpoint_dir: Path
+    checkpoint_every: int = 1000
+    threads: int = 1
+    weights_path: str | None = None
+    features: Path | None = None
+    device: str | None = None
+    log_every: int = 0  # 0: about 200 rows per run
+    progress: bool | None = None  # None: a tqdm bar when stderr is a terminal
+    _stop_requested: bool = field(default=False, repr=False)
+
+
+def _build(job: TrainJob, vocab: Vocab, device: torch.device):
+    from rmi.models.segmenter import build_model
+
+    hp, tr = job.hparams, job.hparams["train"]
+    model = build_model(hp["backbone"], hp["fusion"], len(vocab), hp["model"], hp["backbone_cfg"], job.weights_path)
+    model.to(device)
+    groups = model.param_groups(tr["lr"], tr["weight_decay"], 1.0)
+    optimizer = torch.optim.Adam(groups, lr=tr["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: poly_lr_factor(s, tr["steps"], tr["lr"], tr["lr_end"], tr["lr_power"])
+    )
+    return model, optimizer, scheduler
+
+
+def _state_path(job: TrainJob) -> Path:
+    return Path(job.checkpoint_dir) / "state.pt"
+
+
+def _save_state(job, step, model, optimizer, scheduler, rows, elapsed, digest) -> None:
+    state = {
+        "digest": digest,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rows": rows,
+        "elapsed": elapsed,
+    }
+    with atomic_path(_state_path(job)) as tmp:
+        torch.save(state, tmp)
+    log.info("checkpoint at step %d -> %s", step, _state_path(job))
+
+
+def _load_state(job, model, optimizer, scheduler, digest):
+    """Restore a compatible checkpoint; return ``(step, rows, elapsed)`` (0, [], 0.0 if none)."""
+    path = _state_path(job)
+    if not path.is_file():
+        return 0, [], 0.0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a checkpoint is written atomically, so this means tampering
+        raise InputError(path, f"cannot read training checkpoint ({type(err).__name__}: {err}); delete it to restart") from err
+    if state.get("digest") != digest:
+        log.warning("%s: made with other hyperparameters; starting from scratch", path)
+        return 0, [], 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    log.info("resuming from step %d (%s)", state["step"], path)
+    return int(state["step"]), list(state["rows"]), float(state["elapsed"])
+
+
+def _write_log(path: Path, rows: list[list]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "loss", "lr", "time"])
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean sigmoid cross-entropy: ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+def model_inputs(batch: dict, device: torch.device) -> dict:
+    """Move a batch's model inputs to ``device`` (non-blocking from pinned memory)."""
+    keys = ("tokens", "image_of", "images", "trunk_features")
+    return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
+
+
+def run(job: TrainJob) -> Path:
+    """Train to ``hparams.train.steps`` (resuming if possible); write ``model.pt`` and the log."""
+    hp, tr = job.hparams, job.hparams["train"]
+    torch.manual_seed(hp["seed"])
+    torch.set_num_threads(max(1, job.threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = select_device(job.device)
+    on_cuda = device.type == "cuda"
+
+    vocab = Vocab.load(job.vocab)
+    cache = CacheReader(job.cache)
+    if cache.attrs.get("vocab_sha1") != vocab.digest():
+        raise InputError(job.cache, f"was built with another vocabulary than {job.vocab}; rebuild the cache")
+    if cache.image_size != hp["image_size"]:
+        raise InputError(job.cache, f"image size {cache.image_size} differs from the config's {hp['image_size']}")
+
+    model, optimizer, scheduler = _build(job, vocab, device)
+    digest = hparams_digest(hp)
+    start, rows, elapsed = _load_state(job, model, optimizer, scheduler, digest)
+    steps = int(tr["steps"])
+    log_every = job.log_every or max(1, steps // 200)
+
+    dataset = ReferDataset(job.cache, features_path=job.features)
+    sampler = StepBatchSampler(cache.image_index, tr["batch_size"], hp["seed"], tr.get("group_by_image", True), start)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=identity_collate,
+        num_workers=job.threads if on_cuda else 0,
+        pin_memory=on_cuda,
+        persistent_workers=False,
+    )
+    amp = bool(tr.get("amp", True)) and on_cuda
+
+    def request_stop(signum, frame):
+        job._stop_requested = True
+        log.warning("received signal %d: will checkpoint and stop after this step", signum)
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    show_bar = job.progress if job.progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=start, disable=not show_bar, unit="step", dynamic_ncols=True)
+    model.train()
+    t0, running, n_running, last_print = time.monotonic() - elapsed, torch.zeros((), device=device), 0, time.monotonic()
+    log.info("training %s+%s on %s: steps %d..%d, batch %d, device %s", hp["backbone"], hp["fusion"], job.cache, start, steps, tr["batch_size"], device)
+    try:
+        step = start
+        for batch in loader:
+            if step >= steps:
+                break
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(**model_inputs(batch, device))
+            loss = loss_fn(logits, batch["target"].to(device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            step += 1
+            running += loss.detach()
+            n_running += 1
+            if step % log_every == 0 or step == steps:
+                rows.append([step, round(running.item() / n_running, 6), lr, round(time.monotonic() - t0, 3)])
+                running, n_running = torch.zeros((), device=device), 0
+                bar.set_postfix(loss=f"{rows[-1][1]:.4f}", lr=f"{lr:.2e}")
+                if not show_bar and time.monotonic() - last_print > 30:
+                    last_print = time.monotonic()
+                    log.info("step %d/%d loss %.4f lr %.3g %.2f step/s", step, steps, rows[-1][1], lr, (step - start) / max(1e-9, rows[-1][3] - elapsed))
+            bar.update(1)
+            if job._stop_requested or (step % job.checkpoint_every == 0 and step < steps):
+                _save_state(job, step, model, optimizer, scheduler, rows, time.monotonic() - t0, digest)
+                if job._stop_requested:
+                    raise SystemExit(PREEMPTED_EXIT_CODE)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+
+    info = ModelInfo(
+        backbone=hp["backbone"], fusion=hp["fusion"], model_cfg=hp["model"], backbone_cfg=hp["backbone_cfg"],
+        vocab=vocab, image_size=hp["image_size"], max_tokens=cache.max_tokens, hparams=hp, steps=steps,
+    )
+    save_model(job.out_model, model, info)
+    _write_log(Path(job.out_log), rows)
+    _state_path(job).unlink(missing_ok=True)
+    log.info("done: %d steps in %.1f s -> %s", steps, time.monotonic() - t0, job.out_model)
+    return Path(job.out_model)

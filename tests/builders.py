@@ -1,0 +1,53 @@
+"""Small synthetic datasets for tests: real JPEG files + rectangle masks as COCO polygons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rmi.data.masks import CocoSegments
+from rmi.data.records import Expression
+
+#: (height, width) of the test images: landscape, portrait, square, tiny, grey
+SIZES = [(60, 90), (80, 40), (64, 64), (17, 23), (50, 70)]
+SENTENCES = ["red box on the left", "the blue one", "big square", "left thing .", "small dark box at the bottom right corner"]
+
+
+def rect_polygon(y0: int, x0: int, y1: int, x1: int) -> list[float]:
+    """COCO polygon of the pixel rectangle rows y0..y1-1, cols x0..x1-1."""
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def make_records(root: Path, split: str = "train", seed: int = 0, sizes=SIZES, sentences=SENTENCES) -> list[Expression]:
+    """One image per size with one rectangle object and two expressions each.
+
+    Image ``k`` is grey (single-channel JPEG) when ``k == 4``. The object mask is the rectangle
+    (what pycocotools decodes from its polygon); returns the records in a fixed order.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, (h, w) in enumerate(sizes):
+        img = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+        y0, x0 = h // 4, w // 5
+        y1, x1 = y0 + max(2, h // 2), x0 + max(2, w // 2)
+        img[y0:y1, x0:x1] = (230, 30, 30)
+        path = root / f"COCO_train2014_{k + 1:012d}.jpg"
+        pil = Image.fromarray(img)
+        (pil.convert("L") if k == 4 else pil).save(path, quality=95)
+        mask = CocoSegments([[rect_polygon(y0, x0, y1, x1)]], h, w, where=f"test ann {k}", key=f"ann{k}")
+        for j in range(2):
+            records.append(
+                Expression(
+                    sent_id=100 * (k + 1) + j,
+                    ref_id=k + 1,
+                    image_id=k + 1,
+                    image_path=path,
+                    sentence=sentences[(k + j) % len(sentences)],
+                    mask=mask,
+                    split=split,
+                )
+            )
+    return records

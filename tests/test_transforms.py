@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from rmi.data.transforms import (
+    PadGeometry,
+    cell_grid,
+    resize_and_pad_image,
+    resize_and_pad_mask,
+    unpad_and_resize,
+    upsample_logits,
+)
+
+SQUARE = np.ones((3, 3), bool)  # 8-connected: a one-pixel shift may be diagonal
+
+
+def test_geometry_matches_official_formula():
+    g = PadGeometry.of(100, 200, 320)  # scale 1.6 -> 160 x 320, padded top/bottom
+    assert (g.new_height, g.new_width, g.top, g.left) == (160, 320, 80, 0)
+    g = PadGeometry.of(427, 640, 320)  # COCO-like: scale 0.5 -> 213.5 rounds to 214 (half to even)
+    assert (g.new_height, g.new_width, g.top, g.left) == (214, 320, 53, 0)
+    g = PadGeometry.of(640, 480, 320)
+    assert (g.new_height, g.new_width, g.top, g.left) == (320, 240, 0, 40)
+    with pytest.raises(ValueError):
+        PadGeometry.of(0, 5, 320)
+
+
+def test_image_pad_is_zero_and_grey_becomes_rgb(rng):
+    img = rng.integers(1, 255, size=(30, 60), dtype=np.uint8)
+    out = resize_and_pad_image(img, 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    g = PadGeometry.of(30, 60, 64)
+    inside = np.zeros((64, 64), bool)
+    inside[g.box] = True
+    assert (out[~inside] == 0).all()
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_mask_round_trip_exact_for_nearest():
+    mask = np.zeros((16, 32), bool)
+    mask[3:9, 5:20] = True
+    padded = resize_and_pad_mask(mask, 64, mode="nearest")  # scale exactly 2
+    assert padded.sum() == 4 * mask.sum()
+    back = unpad_and_resize(padded, 16, 32, mode="nearest")
+    assert back.dtype == bool and np.array_equal(back, mask)
+    # the official bilinear rule grows the boundary by at most one pixel
+    official = unpad_and_resize(resize_and_pad_mask(mask, 64), 16, 32, mode="nearest")
+    assert (mask <= official).all() and (official <= ndimage.binary_dilation(mask, structure=SQUARE)).all()
+    with pytest.raises(ValueError):
+        resize_and_pad_mask(mask, 64, mode="area")
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (120, 45), (333, 500)])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_mask_round_trip_within_one_boundary_pixel(hw, mode):
+    h, w = hw
+    yy, xx = np.mgrid[:h, :w]
+    mask = (yy - h / 2) ** 2 / (h / 3) ** 2 + (xx - w / 3) ** 2 / (w / 4) ** 2 < 1
+    back = unpad_and_resize(resize_and_pad_mask(mask, 96, mode=mode), h, w, mode="nearest")
+    scale = max(h, w) / 96  # one pixel of the padded grid, in original pixels
+    r = int(np.ceil(scale)) + 1
+    grown = ndimage.binary_dilation(mask, structure=SQUARE, iterations=r)
+    shrunk = ndimage.binary_erosion(mask, structure=SQUARE, iterations=r)
+    assert (back <= grown).all() and (shrunk <= back).all()
+    assert abs(int(back.sum()) - int(mask.sum())) / mask.sum() < 0.15
+
+
+def test_bilinear_inverse_of_a_constant_map_is_constant():
+    padded = np.full((64, 64), 0.25, np.float32)
+    back = unpad_and_resize(padded, 20, 50, mode="bilinear")
+    assert back.shape == (20, 50) and np.allclose(back, 0.25)
+    with pytest.raises(ValueError):
+        unpad_and_resize(padded, 20, 50, mode="cubic")
+
+
+def test_cell_grid_samples_every_eighth_pixel():
+    m = np.arange(64 * 64).reshape(64, 64)
+    g = cell_grid(m)
+    assert g.shape == (8, 8) and g[2, 3] == m[16, 24]
+    assert torch.equal(cell_grid(torch.as_tensor(m))[1:, 1], torch.as_tensor(m[8::8, 8]))
+
+
+def test_upsample_logits_shape_and_constant():
+    up = upsample_logits(torch.full((2, 1, 5, 5), 3.0), 40)
+    assert up.shape == (2, 1, 40, 40) and torch.allclose(up, torch.tensor(3.0))
