@@ -6,6 +6,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "report/workflow.rst"
+
+
 # The embedded demo config, unless --configfile names another (which then REPLACES it rather
 # than being merged into it: the paper grid must not inherit the demo's datasets).
 if not workflow.overwrite_configfiles:

@@ -3,8 +3,8 @@
 The official recipe (DESIGN.md section 4): loss = mean sigmoid cross-entropy of the S/8 logits
 against the padded mask sampled at the cell grid, no class weighting; Adam, lr 2.5e-4 decayed
 polynomially (power 0.9) to 1e-5 over the run; L2 weight decay 5e-4 on 1x1-conv weights.
-The official code also doubles bias gradients, which Adam's scale invariance makes a no-op,
-so nothing here reproduces it.
+The official code also doubles bias gradients, which Adam's scale invariance makes a no-op;
+``bias_lr_mult`` (a Caffe-style learning-rate multiplier of conv biases) therefore defaults to 1.
 
 Resumability: every ``checkpoint_every`` steps (and on SIGTERM) the full state -- model,
 optimizer, scheduler, RNG, step, log rows, elapsed time -- is written atomically to
@@ -88,7 +88,7 @@ def _build(job: TrainJob, vocab: Vocab, device: torch.device):
     hp, tr = job.hparams, job.hparams["train"]
     model = build_model(hp["backbone"], hp["fusion"], len(vocab), hp["model"], hp["backbone_cfg"], job.weights_path)
     model.to(device)
-    groups = model.param_groups(tr["lr"], tr["weight_decay"], 1.0)
+    groups = model.param_groups(tr["lr"], tr["weight_decay"], tr.get("bias_lr_mult", 1.0))
     optimizer = torch.optim.Adam(groups, lr=tr["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: poly_lr_factor(s, tr["steps"], tr["lr"], tr["lr_end"], tr["lr_power"])

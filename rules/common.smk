@@ -2,15 +2,18 @@
 import json
 import os
 import re
+import sys
 
 from snakemake.utils import validate
 
 validate(config, schema="../config/schema.yaml")
 
-# Scripts import the `rmi` package from this checkout, also in conda envs and on SLURM nodes.
+# Scripts import the `rmi` package from this checkout, also in conda envs and on SLURM nodes,
+# and `python` is the interpreter running Snakemake unless a conda env of a rule comes first.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in [workflow.basedir, os.environ.get("PYTHONPATH", "")] if p
 )
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
 
 DATASETS = list(config["datasets"])
 BACKBONES = list(config["backbones"])
@@ -183,17 +186,67 @@ def table_spec():
     )
 
 
-def table_outputs():
+def table_outputs(for_report=False):
+    """The tables rule's files; ``for_report`` wraps them with report() (category Tables)."""
     out = ["results/table1.csv", "results/table1.md", "results/precision.csv"]
     out += [f"results/{t}.csv" for t in config["tables"]["length"]]
     if config["tables"].get("paper"):
         out.append("results/table1_vs_paper.csv")
-    return out
+    if not for_report:
+        return out
+    captions = {"table1.csv": "table1", "precision.csv": "precision", "table1_vs_paper.csv": "vs_paper"}
+    mark = report  # (a line may not start with `report` outside the report: directive)
+    return [
+        mark(
+            path,
+            caption=f"../report/{captions.get(os.path.basename(path), 'length')}.rst",
+            category="Tables",
+        )
+        if not path.endswith(".md")
+        else path
+        for path in out
+    ]
+
+
+N_FIGURE_EXPRESSIONS = config["figures"]["n_progression"] + config["figures"]["n_long"]
+
+
+def figure_inputs(wildcards):
+    """Both fusions of a backbone, the figure split's cache and RMI's (+DCRF) predictions."""
+    split = config["figures"]["split"]
+    rmi = f"{wildcards.backbone}_rmi" + ("_dcrf" if config["crf"]["enabled"] else "")
+    prefix = f"results/models/{wildcards.dataset}/{wildcards.backbone}"
+    return {
+        "lstm": f"{prefix}_lstm/model.pt",
+        "rmi": f"{prefix}_rmi/model.pt",
+        "cache": f"results/cache/{wildcards.dataset}/{split}.h5",
+        "prediction": f"results/predictions/{wildcards.dataset}/{rmi}/{split}.h5",
+    }
+
+
+def figure_label(wildcards):
+    letter = config["backbones"][wildcards.backbone]["letter"]
+    return f"{letter}+RMI" + ("+DCRF" if config["crf"]["enabled"] else "")
 
 
 def figure_targets():
-    # Filled in by the figures stage (issue 6).
-    return []
+    """Figures of every dataset whose figure split is evaluated; loss curves of every model."""
+    if not config["figures"]["enabled"]:
+        return []
+    out = [
+        f"results/figures/{d}/{b}_{f}_loss.png"
+        for d in DATASETS
+        for b in BACKBONES
+        for f in FUSIONS
+    ]
+    if set(FUSIONS) == {"lstm", "rmi"}:
+        out += [
+            f"results/figures/{d}/{b}/qualitative.png"
+            for d in DATASETS
+            for b in BACKBONES
+            if config["figures"]["split"] in config["datasets"][d]["eval_splits"]
+        ]
+    return out
 
 
 def all_targets():

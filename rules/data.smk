@@ -14,7 +14,7 @@ rule generate_shapes:
     conda:
         "../envs/data.yaml"
     shell:
-        "python workflow_scripts/generate_shapes.py --params {params.generator:q}"
+        "python {workflow.basedir}/workflow_scripts/generate_shapes.py --params {params.generator:q}"
         " --out-dir results/data/{wildcards.dataset} > {log} 2>&1"
 
 
@@ -33,7 +33,7 @@ rule vocab:
     conda:
         "../envs/data.yaml"
     shell:
-        "python workflow_scripts/build_vocab.py --source {params.source:q} --split {params.split}"
+        "python {workflow.basedir}/workflow_scripts/build_vocab.py --source {params.source:q} --split {params.split}"
         " --min-count {params.min_count} --out {output} > {log} 2>&1"
 
 
@@ -58,6 +58,6 @@ rule cache:
     conda:
         "../envs/data.yaml"
     shell:
-        "python workflow_scripts/build_cache.py --source {params.source:q} --split {wildcards.split}"
+        "python {workflow.basedir}/workflow_scripts/build_cache.py --source {params.source:q} --split {wildcards.split}"
         " --vocab {input.vocab} --image-size {params.image_size} --max-tokens {params.max_tokens}"
         " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"

@@ -22,5 +22,5 @@ rule densecrf:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/densecrf.py --pred {input.pred} --cache {input.cache}"
+        "python {workflow.basedir}/workflow_scripts/densecrf.py --pred {input.pred} --cache {input.cache}"
         " --params {params.crf:q} --threads {threads} --out {output} > {log} 2>&1"

@@ -14,17 +14,19 @@ rule download:
     conda:
         "../envs/data.yaml"
     shell:
-        "python workflow_scripts/download.py --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/download.py --spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
-# ImageNet ResNet-101 / DeepLabV3-ResNet101 weights (torchvision URLs), for cluster users
-# whose compute nodes cannot reach the model hub.
+# ImageNet ResNet-101 / DeepLabV3-ResNet101 weights (torchvision's URLs, or backbones.<name>.weights_url),
+# for cluster users whose compute nodes cannot reach the model hub.
 rule fetch_weights:
     output:
         "data/weights/{backbone}.pth",
+    params:
+        url=lambda wildcards: backbone_cfg(wildcards).get("weights_url") or "",
     log:
         "logs/fetch_weights/{backbone}.log",
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/fetch_weights.py --backbone {wildcards.backbone} --out {output} > {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/fetch_weights.py --backbone {wildcards.backbone} --url={params.url:q} --out {output} > {log} 2>&1"

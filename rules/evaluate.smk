@@ -19,5 +19,5 @@ rule evaluate:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/evaluate.py --pred {input.pred} --cache {input.cache}"
+        "python {workflow.basedir}/workflow_scripts/evaluate.py --pred {input.pred} --cache {input.cache}"
         " --thresholds {params.thresholds} --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"

@@ -23,5 +23,5 @@ rule predict:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/predict.py --model {input.model} --cache {input.cache}"
+        "python {workflow.basedir}/workflow_scripts/predict.py --model {input.model} --cache {input.cache}"
         " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule tables:
         csv=metric_files("csv"),
         json=metric_files("json"),
     output:
-        table_outputs(),
+        table_outputs(for_report=True),
     params:
         spec=table_spec(),
     log:
@@ -16,5 +16,5 @@ rule tables:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/tables.py --spec {params.spec:q} --metrics-dir results/metrics"
+        "python {workflow.basedir}/workflow_scripts/tables.py --spec {params.spec:q} --metrics-dir results/metrics"
         " --out-dir results > {log} 2>&1"

@@ -1,7 +1,8 @@
 # Training stage: optional trunk-feature cache, then one model per (dataset, backbone, fusion).
 
 
-# Frozen-trunk features (fp16 HDF5) computed once per image and shared by both fusions.
+# Frozen-trunk features (fp16 HDF5) of the training split, computed once and shared by both
+# fusions of a backbone; only used when train.feature_cache is true.
 rule extract_features:
     input:
         cache="results/cache/{dataset}/{split}.h5",
@@ -9,13 +10,13 @@ rule extract_features:
     output:
         "results/features/{dataset}/{backbone}/{split}.h5",
     params:
-        backbone=lambda wildcards: json.dumps(backbone_cfg(wildcards)),
+        backbone_cfg=lambda wildcards: json.dumps(backbone_cfg(wildcards), sort_keys=True),
         visual_dim=config["model"]["visual_dim"],
     log:
         "logs/extract_features/{dataset}/{backbone}/{split}.log",
     benchmark:
         "results/benchmarks/extract_features/{dataset}/{backbone}/{split}.tsv"
-    threads: 4
+    threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
@@ -23,12 +24,15 @@ rule extract_features:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/extract_features.py --cache {input.cache} --backbone {wildcards.backbone}"
-        " --backbone-cfg {params.backbone:q} --threads {threads} --out {output} > {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/extract_features.py --cache {input.cache}"
+        " --backbone {wildcards.backbone} --backbone-cfg {params.backbone_cfg:q}"
+        " --visual-dim {params.visual_dim} --weights={input.weights} --threads {threads}"
+        " --out {output} > {log} 2>&1"
 
 
-# Train LSTM baseline or RMI. Checkpoints live in an undeclared directory so that a killed or
-# preempted job resumes (Snakemake deletes declared outputs before a rerun); SIGTERM saves one.
+# Train the LSTM baseline or RMI. Checkpoints go to results/checkpoints/ (not an output, so a
+# killed, preempted or requeued job resumes from them); the checkpoint interval is not a param
+# because it does not change the weights.
 rule train:
     input:
         cache=train_cache,
@@ -37,11 +41,10 @@ rule train:
         features=feature_input,
     output:
         model="results/models/{dataset}/{backbone}_{fusion}/model.pt",
-        log_csv="results/models/{dataset}/{backbone}_{fusion}/train_log.csv",
+        log="results/models/{dataset}/{backbone}_{fusion}/train_log.csv",
     params:
         hparams=train_params,
         checkpoint_dir="results/checkpoints/{dataset}/{backbone}_{fusion}",
-        checkpoint_every=config["train"].get("checkpoint_every", 1000),
     log:
         "logs/train/{dataset}/{backbone}_{fusion}.log",
     benchmark:
@@ -50,11 +53,12 @@ rule train:
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=1440,
+        runtime=2880,
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/train.py --cache {input.cache} --vocab {input.vocab}"
-        " --hparams {params.hparams:q} --features '{input.features}' --weights '{input.weights}'"
-        " --checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.checkpoint_every}"
-        " --threads {threads} --out-model {output.model} --out-log {output.log_csv} > {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/train.py --cache {input.cache}"
+        " --vocab {input.vocab} --hparams {params.hparams:q} --weights={input.weights}"
+        " --features={input.features} --checkpoint-dir {params.checkpoint_dir}"
+        " --checkpoint-every {config[train][checkpoint_every]} --threads {threads}"
+        " --out-model {output.model} --out-log {output.log} > {log} 2>&1"

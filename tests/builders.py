@@ -51,3 +51,37 @@ def make_records(root: Path, split: str = "train", seed: int = 0, sizes=SIZES, s
                 )
             )
     return records
+
+
+def shapes_params(images: dict, seed: int = 5, location_words: bool = True) -> dict:
+    """Generator parameters of a small ``shapes`` dataset (the config's ``generator:`` block)."""
+    return {
+        "seed": seed,
+        "location_words": location_words,
+        "images": images,
+        "min_side": 64,
+        "max_side": 128,
+        "grayscale_fraction": 0.1,
+    }
+
+
+def build_shapes_caches(root: Path, images: dict, image_size: int, max_tokens: int = 20) -> dict[str, Path]:
+    """Generate a small ``shapes`` dataset under ``root`` and cache every split.
+
+    Returns ``{"vocab": vocab.txt, <split>: <split>.h5, ...}``; the vocabulary is the train split's.
+    """
+    from rmi.data.cache import build_cache
+    from rmi.data.refer import load_refer
+    from rmi.data.shapes import generate
+    from rmi.text import Vocab
+
+    data = root / "data"
+    generate(shapes_params(images), data)
+    out = {"vocab": root / "cache" / "vocab.txt"}
+    records = {split: load_refer(data, "unc", data / "images", split) for split in images}
+    vocab = Vocab.build(r.sentence for r in records["train"])
+    vocab.save(out["vocab"])
+    for split, recs in records.items():
+        out[split] = root / "cache" / f"{split}.h5"
+        build_cache(recs, vocab, out[split], image_size, max_tokens, dataset="shapes", split=split)
+    return out

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -37,3 +40,42 @@ def http_server(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, cores: int = 2, check: bool = True):
+    """Run the repository's workflow in ``workdir`` (a CLI call); returns the CompletedProcess."""
+    cmd = [
+        str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        f"--configfile={configfile}", "--cores", str(cores), *args,
+    ]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from the "Job stats" table of a ``snakemake -n`` run ({} if nothing to do)."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+        elif in_table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="session")
+def completed_tiny_run(tmp_path_factory) -> Path:
+    """A working directory where the whole default DAG has run on ``tests/data/tiny_config.yaml``."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    snakemake(workdir)
+    return workdir

@@ -12,6 +12,7 @@ dataset                shape / dtype                meaning
 ``ref_id``             (N_ref,) int64               referred object id
 ``ref_image``          (N_ref,) int32               row in ``images``
 ``ref_masks``          (N_ref, S, S) bool           padded mask (lzf, one chunk per mask)
+``ref_targets``        (N_ref, S/8, S/8) bool       training target: ``ref_masks[:, ::8, ::8]``
 ``ref_rle``            (N_ref,) bytes               original-resolution mask, COCO RLE counts
 ``sent_id``            (N_expr,) int64              expression id
 ``sent_ref``           (N_expr,) int32              row in ``ref_*``
@@ -22,7 +23,9 @@ dataset                shape / dtype                meaning
 =====================  ===========================  =========================================
 
 Masks are stored once per referred object (several expressions share one), which keeps a
-RefCOCO train cache small; a per-expression mask is ``ref_masks[sent_ref[i]]``.
+RefCOCO train cache small; a per-expression mask is ``ref_masks[sent_ref[i]]``. The training
+target (the padded mask at the cell grid) is stored as well: decompressing a full mask per
+sample would dominate the read time.
 Attributes: ``format_version, dataset, split, image_size, max_tokens, vocab_size,
 vocab_sha1, n_expressions, n_skipped, skipped`` (JSON: reason -> count).
 """
@@ -43,7 +46,7 @@ from tqdm import tqdm
 
 from rmi.data.masks import rle_decode, rle_encode
 from rmi.data.records import Expression
-from rmi.data.transforms import PadGeometry, resize_and_pad_image, resize_and_pad_mask
+from rmi.data.transforms import OUTPUT_STRIDE, PadGeometry, cell_grid, resize_and_pad_image, resize_and_pad_mask
 from rmi.errors import InputError
 from rmi.fileio import atomic_path
 from rmi.text import Vocab, has_word, tokenize
@@ -175,9 +178,13 @@ def build_cache(
             f["ref_id"] = np.array([r.ref_id for r in ref_records], np.int64)
             f["ref_image"] = ref_image
             masks = f.create_dataset("ref_masks", (n_ref, size, size), bool, chunks=(1, size, size), compression="lzf")
+            grid = size // OUTPUT_STRIDE
+            targets = f.create_dataset("ref_targets", (n_ref, grid, grid), bool)
             rles = f.create_dataset("ref_rle", (n_ref,), _BYTES)
             for r, m in enumerate(_progress(ref_masks_orig, desc=f"pad masks {where}", unit="mask")):
-                masks[r] = resize_and_pad_mask(m, size)
+                padded = resize_and_pad_mask(m, size)
+                masks[r] = padded
+                targets[r] = cell_grid(padded)
                 rles[r] = np.frombuffer(rle_encode(m), np.uint8)
 
             tokens = np.stack([vocab.encode_tokens(t, max_tokens) for _, t, _ in expr_rows])
@@ -267,6 +274,10 @@ class CacheReader:
     def padded_mask(self, expr: int) -> np.ndarray:
         """Padded ground truth ``(S, S) bool`` of expression row ``expr``."""
         return self.file["ref_masks"][self.sent_ref[expr]]
+
+    def targets(self) -> np.ndarray:
+        """All training targets ``(N_ref, S/8, S/8) bool`` (small: read once)."""
+        return self.file["ref_targets"][()]
 
     def original_mask(self, expr: int) -> np.ndarray:
         """Ground truth at the original image resolution, ``(h, w) bool``."""

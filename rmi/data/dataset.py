@@ -7,6 +7,7 @@ A batch is a dict:
 * ``images``  ``(U, 3, S, S) uint8``  the unique padded images of the batch (or, when a
   feature file is given, ``trunk_features (U, C, S/8, S/8) float32`` instead)
 * ``target``  ``(B, 1, S/8, S/8) float32``  the padded mask sampled at the cell grid
+  (``mask[8i, 8j]``, stored in the cache as ``ref_targets``)
 * ``rows``    ``(B,) int64``  expression rows in the cache (to write predictions in order)
 
 The frozen trunk runs on the U images only; ``image_of`` gathers its output per expression.
@@ -24,7 +25,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from rmi.data.cache import CacheReader
-from rmi.data.transforms import OUTPUT_STRIDE, cell_grid
 from rmi.errors import InputError
 
 
@@ -61,7 +61,7 @@ class ReferDataset(Dataset):
     def __init__(self, cache_path: str | Path, features_path: str | Path | None = None, with_targets: bool = True):
         self.cache = CacheReader(cache_path)
         self.features = FeatureReader(features_path, self.cache.n_images) if features_path else None
-        self.with_targets = with_targets
+        self.targets = self.cache.targets() if with_targets else None
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -83,8 +83,8 @@ class ReferDataset(Dataset):
         else:
             images = self.cache.images(unique)
             batch["images"] = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-        if self.with_targets:
-            masks = np.stack([cell_grid(self.cache.padded_mask(int(r)), OUTPUT_STRIDE) for r in rows])
+        if self.targets is not None:
+            masks = self.targets[self.cache.sent_ref[rows]]
             batch["target"] = torch.from_numpy(masks.astype(np.float32))[:, None]
         return batch
 

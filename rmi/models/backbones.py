@@ -1,0 +1,172 @@
+"""Backbones: a trunk ``(U, 3, S, S) uint8 -> (U, C, S/8, S/8)`` and a 1x1 visual projection.
+
+* ``resnet101`` (R): torchvision ResNet-101, conv4/conv5 dilated (output stride 8), ImageNet
+  weights; the visual projection is the ImageNet fc1000 applied as a 1x1 conv (trainable), so
+  ``visual_dim`` must be 1000.
+* ``deeplab101`` (D): the ResNet-101 trunk of torchvision's DeepLabV3-ResNet101
+  (COCO_WITH_VOC_LABELS_V1, output stride 8); a new Xavier 1x1 conv 2048 -> ``visual_dim``.
+* ``tiny``: six conv-BN-ReLU blocks (32-64-128 channels, the last one dilated), trained from
+  scratch, for the CPU demo.
+
+Weights: a local torchvision state_dict file (``weights_path``) wins; else, if ``pretrained``,
+torchvision's weights API (network or its cache); ``pretrained: false`` means random init.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+from torch import Tensor
+
+from rmi.errors import InputError
+from rmi.models.layers import conv1x1
+
+BACKBONES = ("resnet101", "deeplab101", "tiny")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TINY_WIDTHS = (32, 64, 128)
+RESNET_CHANNELS = 2048  # res5
+RESNET_TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+class Trunk(nn.Module):
+    """ImageNet normalisation + conv body: ``(U, 3, S, S) uint8 -> (U, C, S/8, S/8)`` float.
+
+    ``frozen``: parameters get ``requires_grad=False``, the body runs under ``no_grad`` and stays
+    in eval mode (BatchNorm statistics never change) whatever ``train(mode)`` asks.
+    """
+
+    def __init__(self, body: nn.Module, out_channels: int, frozen: bool):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+        self.frozen = frozen
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(not frozen)
+        self.train(True)
+
+    def train(self, mode: bool = True) -> "Trunk":
+        """Like ``nn.Module.train``, but a frozen trunk always stays in eval mode."""
+        return super().train(mode and not self.frozen)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(U, 3, S, S) uint8 -> (U, C, S/8, S/8)`` float features."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 (U, 3, S, S), got {images.dtype}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.body((images.float() / 255 - self.mean) / self.std)
+
+
+def build_backbone(name: str, visual_dim: int, cfg: dict, weights_path: str | None = None) -> tuple[Trunk, nn.Conv2d]:
+    """``(trunk, visual projection)`` for backbone ``name`` with config ``cfg`` (``backbones.<name>``).
+
+    The projection is a 1x1 conv ``(U, C, h, w) -> (U, visual_dim, h, w)``. ``weights_path``
+    (else ``cfg["weights_path"]``) names a local torchvision state_dict of the full
+    ResNet-101 / DeepLabV3-ResNet101; it wins over ``cfg["pretrained"]``.
+    """
+    path = weights_path or cfg.get("weights_path") or None
+    frozen = bool(cfg.get("freeze_trunk", True))
+    if name == "tiny":
+        if cfg.get("pretrained") or path:
+            raise InputError(
+                f"backbones.{name}", "has no pretrained weights: set pretrained: false and weights_path: null"
+            )
+        return Trunk(tiny_body(), TINY_WIDTHS[-1], frozen), conv1x1(TINY_WIDTHS[-1], visual_dim)
+    if name == "resnet101":
+        if visual_dim != 1000:
+            raise InputError(
+                "model.visual_dim",
+                f"must be 1000 for backbone resnet101 (its ImageNet fc1000 is the visual feature), got {visual_dim}",
+            )
+        net = dilated_resnet101()
+        _load_weights(net, name, path, cfg, prefix="")
+        fc = nn.Conv2d(RESNET_CHANNELS, 1000, kernel_size=1)
+        with torch.no_grad():
+            fc.weight.copy_(net.fc.weight[:, :, None, None])
+            fc.bias.copy_(net.fc.bias)
+        return Trunk(resnet_trunk(net), RESNET_CHANNELS, frozen), fc
+    if name == "deeplab101":
+        body = resnet_trunk(dilated_resnet101())
+        _load_weights(body, name, path, cfg, prefix="backbone.")
+        return Trunk(body, RESNET_CHANNELS, frozen), conv1x1(RESNET_CHANNELS, visual_dim)
+    raise InputError(f"backbones.{name}", f"unknown backbone (expected one of {', '.join(BACKBONES)})")
+
+
+def dilated_resnet101() -> torchvision.models.ResNet:
+    """Randomly initialised torchvision ResNet-101 with output stride 8 (conv4/5 dilated 2/4)."""
+    return torchvision.models.resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
+
+
+def resnet_trunk(net: torchvision.models.ResNet) -> nn.Sequential:
+    """conv1 .. layer4 of ``net`` as a Sequential whose state_dict keys are ResNet's (minus fc)."""
+    return nn.Sequential(OrderedDict((k, getattr(net, k)) for k in RESNET_TRUNK))
+
+
+def tiny_body() -> nn.Sequential:
+    """``(U, 3, S, S) -> (U, 128, S/8, S/8)``: per width in ``TINY_WIDTHS`` a stride-2 and a stride-1
+    conv-BN-ReLU (3x3), the very last one dilated 2."""
+    layers, cin = [], 3
+    for k, width in enumerate(TINY_WIDTHS):
+        last_dilation = 2 if k == len(TINY_WIDTHS) - 1 else 1
+        for stride, dilation in ((2, 1), (1, last_dilation)):
+            conv = nn.Conv2d(cin, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            layers += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            cin = width
+    return nn.Sequential(*layers)
+
+
+def pretrained_state_dict(name: str) -> dict[str, Tensor]:
+    """The torchvision state_dict of ``resnet101`` / ``deeplab101`` through the weights API.
+
+    Downloads into torch's hub cache (or reads it from there); raises ``InputError`` with one
+    line saying how to provide the file when that fails (no network).
+    """
+    weights = {
+        "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+        "deeplab101": torchvision.models.segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+    }[name]
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as err:  # URLError, HTTPError, OSError, RuntimeError (hash), ...
+        raise InputError(
+            f"backbones.{name}",
+            f"cannot get pretrained weights {weights} ({type(err).__name__}: {err}); set"
+            f" backbones.{name}.weights_path to a local torchvision state_dict file or run"
+            f" `snakemake data/weights/{name}.pth` (rule fetch_weights) where there is network",
+        ) from err
+
+
+def _load_weights(module: nn.Module, name: str, path: str | None, cfg: dict, prefix: str) -> None:
+    """Fill ``module`` from the file ``path``, else the weights API if pretrained, else keep random.
+
+    The source state_dict must hold every key of ``module`` under ``prefix`` with the same shape
+    (extra keys, e.g. DeepLab's heads, are ignored); otherwise ``InputError`` naming the source.
+    """
+    if path:
+        where = Path(path)
+        try:
+            state = torch.load(where, map_location="cpu", weights_only=True)
+        except Exception as err:  # missing, truncated or not a torch file
+            raise InputError(where, f"cannot read weights ({type(err).__name__}: {err})") from err
+    elif cfg.get("pretrained"):
+        where, state = f"backbones.{name} (torchvision weights)", pretrained_state_dict(name)
+    else:
+        return
+    if not isinstance(state, dict):
+        raise InputError(where, f"is not a state_dict (got {type(state).__name__})")
+    own = module.state_dict()
+    missing = [prefix + k for k in own if prefix + k not in state]
+    if missing:
+        raise InputError(
+            where, f"not a torchvision {name} state_dict: {len(missing)} keys missing, e.g. {', '.join(missing[:3])}"
+        )
+    wrong = [prefix + k for k, v in own.items() if tuple(state[prefix + k].shape) != tuple(v.shape)]
+    if wrong:
+        raise InputError(where, f"not a torchvision {name} state_dict: wrong shapes for {', '.join(wrong[:3])}")
+    module.load_state_dict({k: state[prefix + k] for k in own})

@@ -1,0 +1,127 @@
+"""The generated datasets: deterministic, the exact RefCOCO layout, unique and well-spread expressions."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builders import shapes_params
+from conftest import REPO
+from rmi.data.refer import load_refer
+from rmi.data.shapes import GROUP_A, LOCATION_WORDS, generate
+from rmi.text import tokenize
+
+SMALL = {"train": 20, "val": 8, "testA": 6, "testB": 6}
+
+
+def digest(root):
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    summary = generate(shapes_params(SMALL), root / "shapes")
+    return root / "shapes", summary
+
+
+def test_deterministic(shapes, tmp_path):
+    root, _ = shapes
+    generate(shapes_params(SMALL), tmp_path / "again")
+    assert digest(tmp_path / "again") == digest(root)
+    generate(shapes_params(SMALL, seed=6), tmp_path / "other")
+    assert digest(tmp_path / "other") != digest(root)
+
+
+def test_read_by_the_refer_loader(shapes):
+    root, summary = shapes
+    instances = json.loads((root / "instances.json").read_text())
+    anns = {a["id"]: a for a in instances["annotations"]}
+    kinds = collections.Counter(type(a["segmentation"]).__name__ for a in anns.values())
+    assert kinds["list"] > 0 and kinds["dict"] > 0, kinds  # polygons and RLE both occur
+    modes = {Image.open(p).mode for p in (root / "images").iterdir()}
+    assert modes == {"RGB", "L"}
+    sizes = {Image.open(p).size for p in (root / "images").iterdir()}
+    assert len({w / h for w, h in sizes}) > 10  # varied aspect ratios
+    for split, n_images in SMALL.items():
+        records = load_refer(root, "unc", root / "images", split)
+        assert len(records) == summary[split]["expressions"] > 0
+        assert len({r.image_id for r in records}) <= n_images
+        for rec in records[:15]:
+            mask = rec.mask.decode()
+            assert mask.sum() >= 40
+            pixels = np.asarray(Image.open(rec.image_path).convert("RGB"), np.float64)
+            inside, outside = pixels[mask].mean(0), pixels[~mask].mean(0)
+            assert np.abs(inside - outside).max() > 10  # the mask covers a drawn object
+
+
+def test_expressions_unique_per_image_and_spread_over_buckets(tmp_path):
+    summary = generate(shapes_params({"train": 150}), tmp_path / "s")
+    refs = pickle.loads((tmp_path / "s" / "refs(unc).p").read_bytes())
+    per_image = collections.defaultdict(list)
+    for ref in refs:
+        for sent in ref["sentences"]:
+            assert sent["tokens"] == tokenize(sent["raw"]) and sent["sent"] == " ".join(sent["tokens"])
+            per_image[ref["image_id"]].append((ref["ref_id"], sent["sent"]))
+    for sents in per_image.values():
+        by_text = collections.defaultdict(set)
+        for ref_id, text in sents:
+            by_text[text].add(ref_id)
+        assert all(len(ids) == 1 for ids in by_text.values())
+    assert all(share >= 0.10 for share in summary["buckets"].values()), summary["buckets"]
+    lengths = [len(s["tokens"]) for r in refs for s in r["sentences"]]
+    assert min(lengths) == 1 and max(lengths) >= 12
+
+
+def test_shapes_plus_has_no_location_words(tmp_path):
+    generate(shapes_params({"train": 60}, location_words=False), tmp_path / "p")
+    refs = pickle.loads((tmp_path / "p" / "refs(unc).p").read_bytes())
+    words = {t for r in refs for s in r["sentences"] for t in s["tokens"]}
+    assert not words & LOCATION_WORDS
+    with_loc = pickle.loads(_gen_refs(tmp_path))
+    assert {t for r in with_loc for s in r["sentences"] for t in s["tokens"]} & LOCATION_WORDS
+
+
+def _gen_refs(tmp_path):
+    generate(shapes_params({"train": 60}, location_words=True), tmp_path / "l")
+    return (tmp_path / "l" / "refs(unc).p").read_bytes()
+
+
+def test_test_splits_refer_to_category_groups(shapes):
+    root, _ = shapes
+    refs = pickle.loads((root / "refs(unc).p").read_bytes())
+    categories = {c["id"]: c["name"] for c in json.loads((root / "instances.json").read_text())["categories"]}
+    for ref in refs:
+        name = categories[ref["category_id"]]
+        if ref["split"] == "testA":
+            assert name in GROUP_A
+        if ref["split"] == "testB":
+            assert name not in GROUP_A
+    image_splits = collections.defaultdict(set)
+    for ref in refs:
+        image_splits[ref["image_id"]].add(ref["split"])
+    assert all(len(s) == 1 for s in image_splits.values())
+
+
+def test_cli_replaces_output_atomically(tmp_path):
+    out = tmp_path / "gen"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    cmd = [sys.executable, str(REPO / "workflow_scripts" / "generate_shapes.py"),
+           "--params", json.dumps(shapes_params({"train": 3, "val": 2})), "--out-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "stale.txt").exists() and (out / "instances.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]  # no temp dir left

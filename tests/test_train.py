@@ -1,0 +1,208 @@
+"""Training on generated data: the loss falls, IoU beats trivial baselines, kills resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from builders import build_shapes_caches
+from rmi.checkpoint import load_model
+from rmi.data.cache import CacheReader
+from rmi.features import extract_features
+from rmi.inference import predict_split
+from rmi.metrics import evaluate_split, intersection_union, summarize
+from rmi.train import PREEMPTED_EXIT_CODE, TrainJob, poly_lr_factor, run
+
+REPO = Path(__file__).resolve().parents[1]
+S = 64
+THRESHOLDS = [0.5, 0.7, 0.9]
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return build_shapes_caches(root, {"train": 120, "val": 30}, image_size=S)
+
+
+def hparams(fusion: str, steps: int, freeze: bool = False, **train) -> dict:
+    return {
+        "seed": 0,
+        "image_size": S,
+        "backbone": "tiny",
+        "fusion": fusion,
+        "backbone_cfg": {"pretrained": False, "freeze_trunk": freeze, "weights_path": None},
+        "model": {"visual_dim": 32, "embed_dim": 32, "lstm_dim": 32, "mlstm_dim": 32, "mlp_dim": 32},
+        "train": {
+            "steps": steps, "batch_size": 8, "lr": 3e-3, "lr_end": 1e-5, "lr_power": 0.9,
+            "weight_decay": 5e-4, "bias_lr_mult": 1.0, "group_by_image": True, "amp": True, **train,
+        },
+    }
+
+
+def job(caches, out: Path, hp: dict, **kw) -> TrainJob:
+    return TrainJob(
+        cache=caches["train"], vocab=caches["vocab"], hparams=hp, out_model=out / "model.pt",
+        out_log=out / "train_log.csv", checkpoint_dir=out / "ckpt", progress=False, **kw,
+    )
+
+
+def box_prior_iou(cache_path: Path) -> float:
+    """Best overall IoU of a centred box covering a fixed share of the image (share in 0.2..0.8)."""
+    cache = CacheReader(cache_path)
+    best = 0.0
+    for share in (0.2, 0.35, 0.5, 0.65, 0.8):
+        inter = union = 0
+        for i in range(len(cache)):
+            gt = cache.original_mask(i)
+            h, w = gt.shape
+            box = np.zeros_like(gt)
+            dy, dx = int(h * (1 - share) / 2), int(w * (1 - share) / 2)
+            box[dy:h - dy, dx:w - dx] = True
+            a, b = intersection_union(box, gt)
+            inter, union = inter + a, union + b
+        best = max(best, inter / union)
+    return best
+
+
+@pytest.mark.parametrize("fusion", ["lstm", "rmi"])
+def test_training_learns(caches, tmp_path, fusion):
+    torch.set_num_threads(2)
+    out = tmp_path / fusion
+    run(job(caches, out, hparams(fusion, steps=300), threads=2, log_every=10))
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log.columns) == ["step", "loss", "lr", "time"] and log["step"].iloc[-1] == 300
+    assert log["loss"].tail(5).mean() < 0.6 * log["loss"].head(3).mean()
+    assert log["lr"].is_monotonic_decreasing and log["time"].is_monotonic_increasing
+    assert not (out / "ckpt" / "state.pt").exists()  # removed after a finished run
+
+    predict_split(out / "model.pt", caches["val"], out / "val.h5", batch_size=16)
+    metrics = summarize(evaluate_split(out / "val.h5", caches["val"]), THRESHOLDS)
+    baseline = box_prior_iou(caches["val"])
+    # all-background has IoU 0; the best centred box is the trivial spatial prior
+    assert metrics["overall_iou"] > baseline + 0.05, (metrics, baseline)
+
+
+def test_poly_lr_schedule():
+    assert poly_lr_factor(0, 100, 2.5e-4, 1e-5, 0.9) == pytest.approx(1.0)
+    assert poly_lr_factor(100, 100, 2.5e-4, 1e-5, 0.9) * 2.5e-4 == pytest.approx(1e-5)
+    mid = poly_lr_factor(50, 100, 2.5e-4, 1e-5, 0.9) * 2.5e-4
+    assert mid == pytest.approx((2.5e-4 - 1e-5) * 0.5**0.9 + 1e-5)
+
+
+def _cli(caches, out: Path, hp: dict, every: int) -> list[str]:
+    return [
+        sys.executable, str(REPO / "workflow_scripts" / "train.py"), "--cache", str(caches["train"]),
+        "--vocab", str(caches["vocab"]), "--hparams", json.dumps(hp), "--checkpoint-dir", str(out / "ckpt"),
+        "--checkpoint-every", str(every), "--threads", "1", "--device", "cpu",
+        "--out-model", str(out / "model.pt"), "--out-log", str(out / "train_log.csv"),
+    ]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_sigkill_then_resume_is_bit_exact(caches, tmp_path):
+    hp = hparams("rmi", steps=60)
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run(_cli(caches, ref, hp, every=10), env=_env(), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cli(caches, cut, hp, every=10), env=_env(), stderr=subprocess.PIPE, text=True)
+    state = cut / "ckpt" / "state.pt"
+    _wait_for(lambda: state.exists() and torch.load(state, weights_only=True)["step"] >= 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "model.pt").exists()
+    resumed = subprocess.run(_cli(caches, cut, hp, every=10), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step" in resumed.stderr
+
+    a, b = _weights(ref / "model.pt"), _weights(cut / "model.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = pd.read_csv(ref / "train_log.csv"), pd.read_csv(cut / "train_log.csv")
+    pd.testing.assert_frame_equal(la[["step", "loss", "lr"]], lb[["step", "loss", "lr"]])
+
+
+def test_sigterm_checkpoints_and_exits_143(caches, tmp_path):
+    hp = hparams("lstm", steps=100_000)
+    proc = subprocess.Popen(_cli(caches, tmp_path, hp, every=50_000), env=_env(), stderr=subprocess.PIPE, text=True)
+    lines = []
+
+    def started():
+        line = proc.stderr.readline()
+        lines.append(line)
+        return "training tiny+lstm" in line
+
+    _wait_for(started, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == PREEMPTED_EXIT_CODE, "".join(lines) + proc.stderr.read()
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    assert 0 < state["step"] < 100_000
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "train_log.csv").exists()
+
+
+def test_checkpoint_of_other_hparams_is_ignored(caches, tmp_path):
+    run(job(caches, tmp_path, hparams("lstm", steps=10), checkpoint_every=5, threads=1))
+    first = pd.read_csv(tmp_path / "train_log.csv")
+    state_dir = tmp_path / "ckpt"
+    # a stale checkpoint from another configuration must not be resumed
+    torch.save({"digest": "other", "step": 5}, state_dir / "state.pt")
+    run(job(caches, tmp_path, hparams("lstm", steps=10), checkpoint_every=5, threads=1))
+    pd.testing.assert_frame_equal(first[["step", "loss"]], pd.read_csv(tmp_path / "train_log.csv")[["step", "loss"]])
+
+
+def test_feature_cache_matches_trunk(caches, tmp_path):
+    """Training from cached fp16 trunk features gives the same losses as running the frozen trunk."""
+    hp = hparams("rmi", steps=20, freeze=True)
+    features = tmp_path / "features.h5"
+    extract_features(caches["train"], features, "tiny", hp["backbone_cfg"], 32, batch_size=16)
+    run(job(caches, tmp_path / "direct", hp, threads=1))
+    run(job(caches, tmp_path / "cached", hp, threads=1, features=features))
+    direct = pd.read_csv(tmp_path / "direct" / "train_log.csv")["loss"].to_numpy()
+    cached = pd.read_csv(tmp_path / "cached" / "train_log.csv")["loss"].to_numpy()
+    np.testing.assert_allclose(cached, direct, rtol=2e-2)
+    model, _ = load_model(tmp_path / "cached" / "model.pt")
+    assert model.frozen_trunk
+
+
+def test_feature_cache_refuses_trainable_trunk(caches, tmp_path):
+    from rmi.errors import InputError
+
+    with pytest.raises(InputError, match="freeze_trunk is false"):
+        extract_features(caches["train"], tmp_path / "f.h5", "tiny", {"pretrained": False, "freeze_trunk": False}, 32)
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_prediction_does_not_depend_on_batching(caches, tmp_path):
+    run(job(caches, tmp_path, hparams("rmi", steps=5), threads=1))
+    predict_split(tmp_path / "model.pt", caches["val"], tmp_path / "b1.h5", batch_size=1)
+    predict_split(tmp_path / "model.pt", caches["val"], tmp_path / "b7.h5", batch_size=7)
+    import h5py
+
+    with h5py.File(tmp_path / "b1.h5") as a, h5py.File(tmp_path / "b7.h5") as b:
+        np.testing.assert_allclose(a["logits"][()], b["logits"][()], atol=1e-5)
+        assert np.array_equal(a["sent_id"][()], CacheReader(caches["val"]).sent_id)

@@ -1,0 +1,86 @@
+"""The Snakemake DAG end to end: contract files, pure-aggregation tables, reruns, the paper grid plan."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake
+
+MODELS = ["tiny_lstm", "tiny_rmi", "tiny_lstm_dcrf", "tiny_rmi_dcrf"]
+SPLITS = ["val", "testA"]
+
+
+def test_contract_files(completed_tiny_run):
+    res = completed_tiny_run / "results"
+    table = pd.read_csv(res / "table1.csv")
+    assert list(table.columns) == ["model", "shapes val", "shapes testA"]
+    assert list(table["model"]) == ["T+LSTM", "T+RMI", "T+LSTM+DCRF", "T+RMI+DCRF"]
+    assert (res / "table1.md").read_text().count("T+RMI") == 2
+    assert {"model", "dataset", "split", "n", "oIoU", "mIoU", "prec@0.5", "prec@0.9"} <= set(
+        pd.read_csv(res / "precision.csv").columns
+    )
+    assert list(pd.read_csv(res / "table2.csv").columns)[1:] == ["1-2", "3", "4-5", "6-20"]
+    for fusion in ("lstm", "rmi"):
+        model_dir = res / "models" / "shapes" / f"tiny_{fusion}"
+        assert (model_dir / "model.pt").stat().st_size > 1000
+        assert list(pd.read_csv(model_dir / "train_log.csv").columns) == ["step", "loss", "lr", "time"]
+    for model in MODELS:
+        for split in SPLITS:
+            with h5py.File(res / "predictions" / "shapes" / model / f"{split}.h5") as f:
+                assert f["sent_id"].dtype == "int64" and "rebuild" in f.attrs
+            metrics = pd.read_csv(res / "metrics" / "shapes" / model / f"{split}.csv")
+            assert list(metrics.columns) == ["sent_id", "ref_id", "n_tokens", "intersection", "union", "iou"]
+            summary = json.loads((res / "metrics" / "shapes" / model / f"{split}.json").read_text())
+            assert {"overall_iou", "mean_iou", "prec@0.5", "prec@0.9", "n"} <= set(summary)
+            assert summary["n"] == len(metrics)
+    assert not list(res.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_table1_is_pure_aggregation(completed_tiny_run):
+    res = completed_tiny_run / "results"
+    table = pd.read_csv(res / "table1.csv").set_index("model")
+    letters = {"tiny_lstm": "T+LSTM", "tiny_rmi": "T+RMI", "tiny_lstm_dcrf": "T+LSTM+DCRF", "tiny_rmi_dcrf": "T+RMI+DCRF"}
+    for model, row in letters.items():
+        for split in SPLITS:
+            m = pd.read_csv(res / "metrics" / "shapes" / model / f"{split}.csv")
+            assert table.loc[row, f"shapes {split}"] == pytest.approx(
+                round(100 * m["intersection"].sum() / m["union"].sum(), 2), abs=1e-9
+            )
+
+
+def test_complete_run_is_up_to_date(completed_tiny_run):
+    assert planned_jobs(snakemake(completed_tiny_run, "-n").stdout) == {}
+
+
+def test_crf_change_reruns_only_crf_and_downstream(completed_tiny_run):
+    jobs = planned_jobs(snakemake(completed_tiny_run, "-n", "--config", "crf={bilateral_sxy: 30}").stdout)
+    # 2 fusions x 2 splits of CRF, their evaluations, the tables; the raw-logit models stay
+    assert jobs.get("densecrf") == 4 and jobs.get("evaluate") == 4 and jobs.get("tables") == 1
+    assert "train" not in jobs and "predict" not in jobs and "cache" not in jobs
+
+
+def test_train_change_reruns_training(completed_tiny_run):
+    jobs = planned_jobs(snakemake(completed_tiny_run, "-n", "--config", "train={lr: 0.001}").stdout)
+    assert jobs.get("train") == 2 and jobs.get("predict") == 4 and jobs.get("evaluate") == 8
+    assert "cache" not in jobs and "generate_shapes" not in jobs
+
+
+def test_bad_config_key_is_named(tmp_path):
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["train"]["stpes"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", configfile=bad, check=False)
+    assert proc.returncode != 0 and "stpes" in proc.stdout + proc.stderr
+
+
+def test_paper_grid_plan(tmp_path):
+    out = snakemake(tmp_path, "-n", "results/table1.csv", configfile=REPO / "config" / "paper.yaml").stdout
+    jobs = planned_jobs(out)
+    assert jobs["train"] == 16 and jobs["predict"] == 32 and jobs["densecrf"] == 32 and jobs["evaluate"] == 64
+    assert jobs["cache"] == 4 + 8 and jobs["tables"] == 1
