@@ -1,10 +1,10 @@
 """Optimised mLSTM (visual+spatial gate term once per image) vs the naive full 1x1 conv per step.
 
-    .venv/bin/python benchmarks/bench_mlstm.py [--size 40] [--steps 20] [--repeats 3] [--threads 2]
+    .venv/bin/python benchmarks/bench_mlstm.py [--size 40] [--steps 20] [--repeats 3] [--threads 2] [--device cuda]
 
 Paper sizes by default: 40 x 40 cells, T = 20 words, 500 mLSTM units, per-pixel input
 1000 (visual) + 1000 (word) + 1000 (word-LSTM state) + 8 (spatial) = 3008, plus 500 recurrent;
-batch 1, float32 on CPU. Prints the median of ``--repeats`` runs of the forward (no_grad) and of
+batch 1, float32 on the CPU (or ``--device``; CUDA timings synchronise the device). Prints the median of ``--repeats`` runs of the forward (no_grad) and of
 forward+backward (gradient of the last hidden state's sum), in ms, and naive/optimised ratios.
 The naive reference lives in ``tests/reference_mlstm.py`` (not part of the library).
 """
@@ -27,13 +27,16 @@ from reference_mlstm import naive_mlstm  # noqa: E402
 from rmi.models.rmi import MultimodalLSTM  # noqa: E402
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up), in ms."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -46,15 +49,17 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1000, help="visual = embedding = word-LSTM dim (paper: 1000)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    mlstm = MultimodalLSTM(args.dim, 2 * args.dim, args.units)
-    visual = torch.randn(1, args.dim, args.size, args.size, requires_grad=True)
-    words = torch.randn(1, args.steps, 2 * args.dim, requires_grad=True)
-    valid = torch.ones(1, args.steps, dtype=torch.bool)
-    image_of = torch.zeros(1, dtype=torch.long)
+    mlstm = MultimodalLSTM(args.dim, 2 * args.dim, args.units).to(device)
+    visual = torch.randn(1, args.dim, args.size, args.size, device=device, requires_grad=True)
+    words = torch.randn(1, args.steps, 2 * args.dim, device=device, requires_grad=True)
+    valid = torch.ones(1, args.steps, dtype=torch.bool, device=device)
+    image_of = torch.zeros(1, dtype=torch.long, device=device)
 
     def optimised() -> torch.Tensor:
         for h in mlstm.steps(visual, image_of, words, valid):
@@ -78,10 +83,10 @@ def main() -> None:
         diff = (optimised() - naive()).abs().max().item()
     print(
         f"mLSTM {args.size}x{args.size}, T={args.steps}, n={args.units}, input {3 * args.dim + 8}+{args.units}, "
-        f"batch 1, {args.threads} threads, load average {os.getloadavg()[0]:.2f}; max |diff| {diff:.1e}"
+        f"batch 1, {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{args.threads} threads'}), load average {os.getloadavg()[0]:.2f}; max |diff| {diff:.1e}"
     )
     for label, wrap in (("forward", no_grad), ("forward+backward", backward)):
-        fast, slow = median_ms(wrap(optimised), args.repeats), median_ms(wrap(naive), args.repeats)
+        fast, slow = median_ms(wrap(optimised), args.repeats, device), median_ms(wrap(naive), args.repeats, device)
         print(f"{label:17s} optimised {fast:8.1f} ms   naive {slow:8.1f} ms   ratio {slow / fast:5.2f}x")
 
 

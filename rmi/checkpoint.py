@@ -80,5 +80,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     )
     offline_cfg = {**info.backbone_cfg, "pretrained": False, "weights_path": None}
     model = build_model(info.backbone, info.fusion, len(info.vocab), info.model_cfg, offline_cfg)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:  # e.g. an embedding whose rows do not match the stored vocabulary
+        problem = " ".join(str(err).split())[:300]
+        raise InputError(path, f"weights do not fit the stored architecture/vocabulary ({problem})") from err
     return model.to(device).eval(), info

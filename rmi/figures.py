@@ -76,7 +76,8 @@ def _content(cache: CacheReader, row: int, array: np.ndarray) -> np.ndarray:
     return array[cache.geometry(row).box]
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """``image (h, w, 3) uint8`` with ``mask (h, w) bool`` blended in red -> ``(h, w, 3) uint8``."""
     out = image.astype(np.float64)
     out[mask] = (1 - alpha) * out[mask] + alpha * MASK_RGB
     return out.astype(np.uint8)
@@ -101,11 +102,11 @@ def progression(models: dict, cache: CacheReader, row: int, out_png: str | Path)
     fig, axes = plt.subplots(len(models), cols, figsize=(1.6 * cols, 1.8 * len(models) + 0.6), squeeze=False)
     for r, (label, model) in enumerate(models.items()):
         masks = progression_steps(model, cache, row)["masks"]
-        axes[r, 0].imshow(_overlay(image, gt))
+        axes[r, 0].imshow(overlay(image, gt))
         axes[r, 0].set_title("ground truth", fontsize=8)
         axes[r, 0].set_ylabel(label, fontsize=10)
         for t, word in enumerate(words):
-            axes[r, t + 1].imshow(_overlay(image, _content(cache, row, masks[t])))
+            axes[r, t + 1].imshow(overlay(image, _content(cache, row, masks[t])))
             axes[r, t + 1].set_title(f"{t + 1}: {word}", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -133,7 +134,7 @@ def response_maps(model, cache: CacheReader, row: int, crf: CRFParams, out_png: 
         ax.imshow(image)
         heat = ax.imshow(_content(cache, row, steps["response"][t]), cmap="jet", alpha=0.5, vmin=lo, vmax=hi)
         ax.set_title(f"{t + 1}: {word}", fontsize=8)
-    axes[0, -1].imshow(_overlay(image, final))
+    axes[0, -1].imshow(overlay(image, final))
     axes[0, -1].set_title("RMI + DenseCRF", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -154,11 +155,11 @@ def qualitative_grid(cache: CacheReader, rows: Sequence[int], predictions: dict[
         image = np.clip(image, 0, 255).astype(np.uint8)
         axes[r, 0].imshow(image)
         axes[r, 0].set_title(textwrap.fill(cache.sentence(row), 34), fontsize=7)
-        axes[r, 1].imshow(_overlay(image, cache.original_mask(row)))
+        axes[r, 1].imshow(overlay(image, cache.original_mask(row)))
         axes[r, 1].set_title("ground truth", fontsize=8)
         for c, (label, reader) in enumerate(predictions.items()):
             i = int(np.flatnonzero(reader.sent_id == cache.sent_id[row])[0])
-            axes[r, 2 + c].imshow(_overlay(image, reader.original_mask(i)))
+            axes[r, 2 + c].imshow(overlay(image, reader.original_mask(i)))
             axes[r, 2 + c].set_title(label, fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])

@@ -85,3 +85,20 @@ def build_shapes_caches(root: Path, images: dict, image_size: int, max_tokens: i
         out[split] = root / "cache" / f"{split}.h5"
         build_cache(recs, vocab, out[split], image_size, max_tokens, dataset="shapes", split=split)
     return out
+
+
+def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_size: int = 64) -> Path:
+    """Train a very small ``tiny`` model for ``steps`` steps on ``caches["train"]``; returns model.pt."""
+    from rmi.train import TrainJob, run
+
+    hp = {
+        "seed": 0, "image_size": image_size, "backbone": "tiny", "fusion": fusion,
+        "backbone_cfg": {"pretrained": False, "freeze_trunk": False, "weights_path": None, "widths": [8, 8, 16]},
+        "model": {k: 16 for k in ("visual_dim", "embed_dim", "lstm_dim", "mlstm_dim", "mlp_dim")},
+        "train": {"steps": steps, "batch_size": 8, "lr": 3e-3, "lr_end": 1e-5, "lr_power": 0.9, "weight_decay": 5e-4,
+                  "bias_lr_mult": 1.0, "group_by_image": False, "amp": True},
+    }
+    out = root / fusion
+    run(TrainJob(cache=caches["train"], vocab=caches["vocab"], hparams=hp, out_model=out / "model.pt",
+                 out_log=out / "train_log.csv", checkpoint_dir=out / "ckpt", progress=False))
+    return out / "model.pt"

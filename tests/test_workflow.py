@@ -57,15 +57,26 @@ def test_complete_run_is_up_to_date(completed_tiny_run):
     assert planned_jobs(snakemake(completed_tiny_run, "-n").stdout) == {}
 
 
-def test_crf_change_reruns_only_crf_and_downstream(completed_tiny_run):
-    jobs = planned_jobs(snakemake(completed_tiny_run, "-n", "--config", "crf={bilateral_sxy: 30}").stdout)
+def changed_config(tmp_path, section: str, key: str, value):
+    """The tiny config with one setting changed, written to a temporary file."""
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg[section][key] = value
+    path = tmp_path / f"{section}_{key}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_crf_change_reruns_only_crf_and_downstream(completed_tiny_run, tmp_path):
+    cfg = changed_config(tmp_path, "crf", "bilateral_sxy", 30)
+    jobs = planned_jobs(snakemake(completed_tiny_run, "-n", configfile=cfg).stdout)
     # 2 fusions x 2 splits of CRF, their evaluations, the tables; the raw-logit models stay
     assert jobs.get("densecrf") == 4 and jobs.get("evaluate") == 4 and jobs.get("tables") == 1
     assert "train" not in jobs and "predict" not in jobs and "cache" not in jobs
 
 
-def test_train_change_reruns_training(completed_tiny_run):
-    jobs = planned_jobs(snakemake(completed_tiny_run, "-n", "--config", "train={lr: 0.001}").stdout)
+def test_train_change_reruns_training(completed_tiny_run, tmp_path):
+    cfg = changed_config(tmp_path, "train", "lr", 0.001)
+    jobs = planned_jobs(snakemake(completed_tiny_run, "-n", configfile=cfg).stdout)
     assert jobs.get("train") == 2 and jobs.get("predict") == 4 and jobs.get("evaluate") == 8
     assert "cache" not in jobs and "generate_shapes" not in jobs
 

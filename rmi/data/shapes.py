@@ -10,7 +10,7 @@
 * ``out_dir/images/COCO_train2014_<id:012d>.jpg``: varied sizes and aspect ratios, textured
   backgrounds, a ``grayscale_fraction`` of single-channel JPEGs.
 
-Each image holds 2-6 shapes of 7 categories, 8 colours and varied sizes; later shapes occlude
+Each image holds 2-6 (``objects``) shapes of 7 categories, 8 colours and varied sizes; later shapes occlude
 earlier ones, and an object's mask is its visible region (at least ``MIN_VISIBLE`` of it and
 ``MIN_AREA`` pixels). Referred objects get 1-4 expressions that identify them uniquely among the
 objects of their image (category, colour, size relative to the same category, location relative
@@ -58,6 +58,8 @@ LOCATION_WORDS = frozenset(
     "topmost bottommost corner side next near beside behind front".split()
 )
 SPLITS = ("train", "val", "testA", "testB")
+DEFAULT_OBJECTS = (2, 6)
+DEFAULT_SCALE = (0.12, 0.28)
 MIN_VISIBLE = 0.6
 MIN_AREA = 40
 #: (adjective, short phrase, long phrase) per relative location
@@ -120,9 +122,13 @@ def _ellipse_mask(cx, cy, rx, ry, h, w, hole: float = 0.0) -> np.ndarray:
     return (d <= 1.0) & (d >= hole**2)
 
 
-def _draw_shape(rng: np.random.Generator, category: str, h: int, w: int) -> tuple[np.ndarray, list[float] | None]:
+def _draw_shape(
+    rng: np.random.Generator, category: str, h: int, w: int, scale: tuple[float, float]
+) -> tuple[np.ndarray, list[float] | None]:
+    """Full mask ``(h, w) bool`` (and polygon, for straight-edged shapes) of one shape whose
+    radius is ``U(scale) * min(h, w)``."""
     side = min(h, w)
-    r = side * rng.uniform(0.12, 0.28)
+    r = side * rng.uniform(*scale)
     cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
     rot = rng.uniform(0, 2 * np.pi)
     if category == "circle":
@@ -154,14 +160,14 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return field + rng.normal(0, 8, size=(h, w, 3))
 
 
-def _place_shapes(rng: np.random.Generator, h: int, w: int, n: int) -> list[Shape]:
+def _place_shapes(rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float]) -> list[Shape]:
     """Draw ``n`` shapes in order (later ones in front); every shape keeps enough visible area."""
     shapes: list[Shape] = []
     for _ in range(n):
         for _attempt in range(30):
             category = CATEGORIES[rng.integers(len(CATEGORIES))]
             colour = list(COLOURS)[rng.integers(len(COLOURS))]
-            mask, poly = _draw_shape(rng, category, h, w)
+            mask, poly = _draw_shape(rng, category, h, w, scale)
             if mask.sum() < MIN_AREA / MIN_VISIBLE:
                 continue
             trial = shapes + [Shape(category, colour, mask, poly)]
@@ -350,13 +356,19 @@ def generate(params: dict, out_dir: str | Path) -> dict:
     """Write the dataset described by ``params`` (config ``generator:``) to ``out_dir``, atomically.
 
     ``params``: ``seed, location_words, images {split: n}, min_side, max_side,
-    grayscale_fraction``. The dataset is built in a temporary sibling directory that replaces
+    grayscale_fraction`` and optionally ``objects [min, max]`` per image (default ``[2, 6]``) and
+    ``object_scale [min, max]``, the shape radius as a share of the image's short side (default
+    ``[0.12, 0.28]``). The dataset is built in a temporary sibling directory that replaces
     ``out_dir`` at the end. Returns counts: ``{split: {"images", "refs", "expressions"}}`` and
     ``buckets`` (share of expressions per length bucket 1-2/3/4-5/6-20).
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(int(params["seed"]))
     location_ok = bool(params["location_words"])
+    n_min, n_max = (int(v) for v in params.get("objects", DEFAULT_OBJECTS))
+    scale = tuple(float(v) for v in params.get("object_scale", DEFAULT_SCALE))
+    if not 2 <= n_min <= n_max or not 0 < scale[0] <= scale[1] < 0.5:
+        raise ValueError(f"need 2 <= objects[0] <= objects[1] and 0 < object_scale[0] <= object_scale[1] < 0.5, got {params}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -371,7 +383,7 @@ def generate(params: dict, out_dir: str | Path) -> dict:
             for _ in range(n_images):
                 while True:  # redraw until the image has a referable object of the split's group
                     h, w = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, size=2))
-                    shapes = _place_shapes(rng, h, w, int(rng.integers(2, 7)))
+                    shapes = _place_shapes(rng, h, w, int(rng.integers(n_min, n_max + 1)), scale)
                     gray = bool(rng.random() < params["grayscale_fraction"])
                     targets = []
                     for i, s in enumerate(shapes):

@@ -5,8 +5,8 @@
   ``visual_dim`` must be 1000.
 * ``deeplab101`` (D): the ResNet-101 trunk of torchvision's DeepLabV3-ResNet101
   (COCO_WITH_VOC_LABELS_V1, output stride 8); a new Xavier 1x1 conv 2048 -> ``visual_dim``.
-* ``tiny``: six conv-BN-ReLU blocks (32-64-128 channels, the last one dilated), trained from
-  scratch, for the CPU demo.
+* ``tiny``: six conv-BN-ReLU blocks (``widths``, default 32-64-128 channels, the last one
+  dilated), trained from scratch, for the CPU demo.
 
 Weights: a local torchvision state_dict file (``weights_path``) wins; else, if ``pretrained``,
 torchvision's weights API (network or its cache); ``pretrained: false`` means random init.
@@ -76,7 +76,10 @@ def build_backbone(name: str, visual_dim: int, cfg: dict, weights_path: str | No
             raise InputError(
                 f"backbones.{name}", "has no pretrained weights: set pretrained: false and weights_path: null"
             )
-        return Trunk(tiny_body(), TINY_WIDTHS[-1], frozen), conv1x1(TINY_WIDTHS[-1], visual_dim)
+        widths = tuple(int(w) for w in cfg.get("widths", TINY_WIDTHS))
+        if len(widths) != 3 or min(widths) < 1:
+            raise InputError(f"backbones.{name}.widths", f"needs 3 positive channel counts, got {list(widths)}")
+        return Trunk(tiny_body(widths), widths[-1], frozen), conv1x1(widths[-1], visual_dim)
     if name == "resnet101":
         if visual_dim != 1000:
             raise InputError(
@@ -107,12 +110,12 @@ def resnet_trunk(net: torchvision.models.ResNet) -> nn.Sequential:
     return nn.Sequential(OrderedDict((k, getattr(net, k)) for k in RESNET_TRUNK))
 
 
-def tiny_body() -> nn.Sequential:
-    """``(U, 3, S, S) -> (U, 128, S/8, S/8)``: per width in ``TINY_WIDTHS`` a stride-2 and a stride-1
+def tiny_body(widths: tuple[int, int, int] = TINY_WIDTHS) -> nn.Sequential:
+    """``(U, 3, S, S) -> (U, widths[-1], S/8, S/8)``: per width a stride-2 and a stride-1
     conv-BN-ReLU (3x3), the very last one dilated 2."""
     layers, cin = [], 3
-    for k, width in enumerate(TINY_WIDTHS):
-        last_dilation = 2 if k == len(TINY_WIDTHS) - 1 else 1
+    for k, width in enumerate(widths):
+        last_dilation = 2 if k == len(widths) - 1 else 1
         for stride, dilation in ((2, 1), (1, last_dilation)):
             conv = nn.Conv2d(cin, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")

@@ -1,0 +1,54 @@
+"""Profiles: under the SLURM profile the paper grid asks for GPUs on exactly the GPU rules."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from conftest import REPO, planned_jobs, snakemake
+
+GPU_RULES = {"train", "predict", "extract_features"}
+
+
+def job_resources(dry_run: str) -> list[tuple[str, dict[str, str]]]:
+    """``(rule, {resource: value})`` for every job block of a ``snakemake -n`` listing."""
+    jobs, rule = [], None
+    for line in dry_run.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            rule = m.group(1)
+        elif line.strip().startswith("resources:") and rule:
+            pairs = re.findall(r"(\w+)=((?:'[^']*'|\"[^\"]*\"|[^,])+)", line.split(":", 1)[1])
+            jobs.append((rule, {k: v.strip() for k, v in pairs}))
+            rule = None
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def paper_dry_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("paper")
+    out = snakemake(workdir, "-n", "--profile", str(REPO / "profiles" / "slurm"), "results/table1.csv",
+                    configfile=REPO / "config" / "paper.yaml").stdout
+    return out
+
+
+def test_gpu_requested_on_exactly_the_gpu_rules(paper_dry_run):
+    jobs = job_resources(paper_dry_run)
+    counts = planned_jobs(paper_dry_run)
+    assert len(jobs) == sum(counts.values()) and counts["train"] == 16
+    for rule, res in jobs:
+        assert (res.get("gpu") == "1") == (rule in GPU_RULES), (rule, res)
+    by_rule = {rule: res for rule, res in jobs}
+    assert by_rule["train"]["slurm_partition"] == "<gpu-partition>"
+    assert "--signal=TERM@120" in by_rule["train"]["slurm_extra"]
+    assert by_rule["densecrf"]["slurm_partition"] == "<partition>" and "gpu" not in by_rule["densecrf"]
+    assert int(by_rule["train"]["runtime"]) >= 24 * 60
+
+
+def test_profiles_are_valid_snakemake_profiles():
+    slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    local = yaml.safe_load((REPO / "profiles" / "local" / "config.yaml").read_text())
+    assert slurm["executor"] == "slurm" and slurm["retries"] >= 1
+    assert set(slurm["set-resources"]) >= GPU_RULES - {"extract_features"}
+    assert any(str(r).startswith("gpu=") for r in local["resources"])
