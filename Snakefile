@@ -16,7 +16,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/data.smk"
@@ -37,6 +36,6 @@ localrules:
 
 # Tables and figures for every dataset, backbone and fusion in the config.
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -34,11 +34,13 @@ from rmi.text import Vocab  # noqa: E402
 from rmi.train import TrainJob, _build, loss_fn, model_inputs, run, select_device  # noqa: E402
 
 SETUPS = {
-    # name: (backbone, fusion, image size, model dims, batch size, frozen trunk)
-    "tiny+rmi (demo)": ("tiny", "rmi", 128, 64, 16, False),
-    "tiny+lstm (demo)": ("tiny", "lstm", 128, 64, 16, False),
+    # name: (backbone, fusion, image size, model dims, batch size, frozen trunk); the demo's
+    # tiny trunk has widths TINY_DEMO_WIDTHS (config/config.yaml)
+    "tiny+rmi (demo)": ("tiny", "rmi", 96, 64, 16, False),
+    "tiny+lstm (demo)": ("tiny", "lstm", 96, 64, 16, False),
     "resnet101+rmi @320": ("resnet101", "rmi", 320, None, 8, True),
 }
+TINY_DEMO_WIDTHS = [16, 32, 64]
 PAPER_DIMS = {"visual_dim": 1000, "embed_dim": 1000, "lstm_dim": 1000, "mlstm_dim": 500, "mlp_dim": 500}
 
 
@@ -46,7 +48,8 @@ def hparams(backbone, fusion, size, dim, batch, frozen, steps, grouped) -> dict:
     dims = PAPER_DIMS if dim is None else {k: dim for k in PAPER_DIMS}
     return {
         "seed": 0, "image_size": size, "backbone": backbone, "fusion": fusion,
-        "backbone_cfg": {"pretrained": False, "freeze_trunk": frozen, "weights_path": None},
+        "backbone_cfg": {"pretrained": False, "freeze_trunk": frozen, "weights_path": None,
+                         **({"widths": TINY_DEMO_WIDTHS} if backbone == "tiny" else {})},
         "model": dims,
         "train": {"steps": steps, "batch_size": batch, "lr": 2.5e-4, "lr_end": 1e-5, "lr_power": 0.9,
                   "weight_decay": 5e-4, "bias_lr_mult": 1.0, "group_by_image": grouped, "amp": True},

@@ -7,14 +7,16 @@ rule generate_shapes:
         refs="results/data/{dataset}/refs(unc).p",
         instances="results/data/{dataset}/instances.json",
         images=directory("results/data/{dataset}/images"),
-    params:
-        generator=lambda wildcards: json.dumps(dataset_cfg(wildcards)["generator"]),
     log:
         "logs/generate_shapes/{dataset}.log",
     conda:
         "../envs/data.yaml"
+    params:
+        generator=lambda wildcards: json.dumps(
+            dataset_cfg(wildcards)["generator"], sort_keys=True
+        ),
     shell:
-        "python {workflow.basedir}/workflow_scripts/generate_shapes.py --params {params.generator:q}"
+        "python -m workflow_scripts.generate_shapes --params {params.generator:q}"
         " --out-dir results/data/{wildcards.dataset} > {log} 2>&1"
 
 
@@ -24,16 +26,18 @@ rule vocab:
         unpack(raw_inputs),
     output:
         "results/cache/{dataset}/vocab.txt",
-    params:
-        source=lambda wildcards: json.dumps(dataset_source(wildcards.dataset)),
-        split=lambda wildcards: dataset_cfg(wildcards)["train_split"],
-        min_count=config.get("vocab_min_count", 1),
     log:
         "logs/vocab/{dataset}.log",
     conda:
         "../envs/data.yaml"
+    params:
+        source=lambda wildcards: json.dumps(
+            dataset_source(wildcards.dataset), sort_keys=True
+        ),
+        split=lambda wildcards: dataset_cfg(wildcards)["train_split"],
+        min_count=config.get("vocab_min_count", 1),
     shell:
-        "python {workflow.basedir}/workflow_scripts/build_vocab.py --source {params.source:q} --split {params.split}"
+        "python -m workflow_scripts.build_vocab --source {params.source:q} --split {params.split}"
         " --min-count {params.min_count} --out {output} > {log} 2>&1"
 
 
@@ -44,20 +48,22 @@ rule cache:
         vocab="results/cache/{dataset}/vocab.txt",
     output:
         "results/cache/{dataset}/{split}.h5",
-    params:
-        source=lambda wildcards: json.dumps(dataset_source(wildcards.dataset)),
-        image_size=config["image_size"],
-        max_tokens=config["max_tokens"],
     log:
         "logs/cache/{dataset}/{split}.log",
     benchmark:
         "results/benchmarks/cache/{dataset}/{split}.tsv"
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../envs/data.yaml"
+    params:
+        source=lambda wildcards: json.dumps(
+            dataset_source(wildcards.dataset), sort_keys=True
+        ),
+        image_size=config["image_size"],
+        max_tokens=config["max_tokens"],
     shell:
-        "python {workflow.basedir}/workflow_scripts/build_cache.py --source {params.source:q} --split {wildcards.split}"
+        "python -m workflow_scripts.build_cache --source {params.source:q} --split {wildcards.split}"
         " --vocab {input.vocab} --image-size {params.image_size} --max-tokens {params.max_tokens}"
         " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"

@@ -9,18 +9,18 @@ rule densecrf:
         cache="results/cache/{dataset}/{split}.h5",
     output:
         "results/predictions/{dataset}/{backbone}_{fusion}_dcrf/{split}.h5",
-    params:
-        crf=crf_params(),
     log:
         "logs/densecrf/{dataset}/{backbone}_{fusion}/{split}.log",
     benchmark:
         "results/benchmarks/densecrf/{dataset}/{backbone}_{fusion}/{split}.tsv"
+    conda:
+        "../envs/eval.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=240,
-    conda:
-        "../envs/eval.yaml"
+    params:
+        crf=crf_params(),
     shell:
-        "python {workflow.basedir}/workflow_scripts/densecrf.py --pred {input.pred} --cache {input.cache}"
+        "python -m workflow_scripts.densecrf --pred {input.pred} --cache {input.cache}"
         " --params {params.crf:q} --threads {threads} --out {output} > {log} 2>&1"

@@ -7,14 +7,16 @@
 rule download:
     output:
         directory("data/{download}"),
-    params:
-        spec=lambda wildcards: json.dumps(config["downloads"][wildcards.download]),
     log:
         "logs/download/{download}.log",
     conda:
         "../envs/data.yaml"
+    params:
+        spec=lambda wildcards: json.dumps(
+            config["downloads"][wildcards.download], sort_keys=True
+        ),
     shell:
-        "python {workflow.basedir}/workflow_scripts/download.py --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.download --spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
 # ImageNet ResNet-101 / DeepLabV3-ResNet101 weights (torchvision's URLs, or backbones.<name>.weights_url),
@@ -22,11 +24,11 @@ rule download:
 rule fetch_weights:
     output:
         "data/weights/{backbone}.pth",
-    params:
-        url=lambda wildcards: backbone_cfg(wildcards).get("weights_url") or "",
     log:
         "logs/fetch_weights/{backbone}.log",
     conda:
         "../envs/train.yaml"
+    params:
+        url=lambda wildcards: backbone_cfg(wildcards).get("weights_url") or "",
     shell:
-        "python {workflow.basedir}/workflow_scripts/fetch_weights.py --backbone {wildcards.backbone} --url={params.url:q} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.fetch_weights --backbone {wildcards.backbone} --url={params.url:q} --out {output} > {log} 2>&1"

@@ -9,15 +9,15 @@ rule evaluate:
     output:
         csv="results/metrics/{dataset}/{model}/{split}.csv",
         json="results/metrics/{dataset}/{model}/{split}.json",
-    params:
-        thresholds=" ".join(map(str, config["evaluate"]["thresholds"])),
     log:
         "logs/evaluate/{dataset}/{model}/{split}.log",
+    conda:
+        "../envs/eval.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../envs/eval.yaml"
+    params:
+        thresholds=" ".join(map(str, config["evaluate"]["thresholds"])),
     shell:
-        "python {workflow.basedir}/workflow_scripts/evaluate.py --pred {input.pred} --cache {input.cache}"
+        "python -m workflow_scripts.evaluate --pred {input.pred} --cache {input.cache}"
         " --thresholds {params.thresholds} --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"

@@ -32,19 +32,19 @@ rule figures:
             category="Figures",
             subcategory="{dataset}: qualitative results",
         ),
+    log:
+        "logs/figures/{dataset}/{backbone}.log",
+    conda:
+        "../envs/eval.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
     params:
         figures=json.dumps(config["figures"], sort_keys=True),
         crf=crf_params(),
         label=figure_label,
-    log:
-        "logs/figures/{dataset}/{backbone}.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-    conda:
-        "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/figures.py --cache {input.cache}"
+        "python -m workflow_scripts.figures --cache {input.cache}"
         " --lstm {input.lstm} --rmi {input.rmi} --prediction {input.prediction}"
         " --label {params.label:q} --crf {params.crf:q} --params {params.figures:q}"
         " --progression {output.progression} --response {output.response}"
@@ -67,5 +67,5 @@ rule loss_curve:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/loss_curve.py --log {input}"
+        "python -m workflow_scripts.loss_curve --log {input}"
         " --title '{wildcards.dataset}: {wildcards.backbone}+{wildcards.fusion}' --out {output} > {log} 2>&1"

@@ -9,19 +9,19 @@ rule predict:
         cache="results/cache/{dataset}/{split}.h5",
     output:
         "results/predictions/{dataset}/{backbone}_{fusion}/{split}.h5",
-    params:
-        batch_size=config["predict"].get("batch_size", 32),
     log:
         "logs/predict/{dataset}/{backbone}_{fusion}/{split}.log",
     benchmark:
         "results/benchmarks/predict/{dataset}/{backbone}_{fusion}/{split}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=120,
-    conda:
-        "../envs/train.yaml"
+    params:
+        batch_size=config["predict"].get("batch_size", 32),
     shell:
-        "python {workflow.basedir}/workflow_scripts/predict.py --model {input.model} --cache {input.cache}"
+        "python -m workflow_scripts.predict --model {input.model} --cache {input.cache}"
         " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"

@@ -9,12 +9,12 @@ rule tables:
         json=metric_files("json"),
     output:
         table_outputs(for_report=True),
-    params:
-        spec=table_spec(),
     log:
         "logs/tables/tables.log",
     conda:
         "../envs/eval.yaml"
+    params:
+        spec=table_spec(),
     shell:
-        "python {workflow.basedir}/workflow_scripts/tables.py --spec {params.spec:q} --metrics-dir results/metrics"
+        "python -m workflow_scripts.tables --spec {params.spec:q} --metrics-dir results/metrics"
         " --out-dir results > {log} 2>&1"

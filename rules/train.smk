@@ -9,22 +9,24 @@ rule extract_features:
         weights=weights_input,
     output:
         "results/features/{dataset}/{backbone}/{split}.h5",
-    params:
-        backbone_cfg=lambda wildcards: json.dumps(backbone_cfg(wildcards), sort_keys=True),
-        visual_dim=config["model"]["visual_dim"],
     log:
         "logs/extract_features/{dataset}/{backbone}/{split}.log",
     benchmark:
         "results/benchmarks/extract_features/{dataset}/{backbone}/{split}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../envs/train.yaml"
+    params:
+        backbone_cfg=lambda wildcards: json.dumps(
+            backbone_cfg(wildcards), sort_keys=True
+        ),
+        visual_dim=config["model"]["visual_dim"],
     shell:
-        "python {workflow.basedir}/workflow_scripts/extract_features.py --cache {input.cache}"
+        "python -m workflow_scripts.extract_features --cache {input.cache}"
         " --backbone {wildcards.backbone} --backbone-cfg {params.backbone_cfg:q}"
         " --visual-dim {params.visual_dim} --weights={input.weights} --threads {threads}"
         " --out {output} > {log} 2>&1"
@@ -42,22 +44,24 @@ rule train:
     output:
         model="results/models/{dataset}/{backbone}_{fusion}/model.pt",
         log="results/models/{dataset}/{backbone}_{fusion}/train_log.csv",
-    params:
-        hparams=train_params,
-        checkpoint_dir="results/checkpoints/{dataset}/{backbone}_{fusion}",
     log:
         "logs/train/{dataset}/{backbone}_{fusion}.log",
     benchmark:
         "results/benchmarks/train/{dataset}/{backbone}_{fusion}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=2880,
-    conda:
-        "../envs/train.yaml"
+    params:
+        hparams=train_params,
+        checkpoint_dir="results/checkpoints/{dataset}/{backbone}_{fusion}",
+    # checkpoint_every is read from config in the shell on purpose (lint: "uses variable config"):
+    # it is no params entry because changing how often to checkpoint must not retrain.
     shell:
-        "python {workflow.basedir}/workflow_scripts/train.py --cache {input.cache}"
+        "python -m workflow_scripts.train --cache {input.cache}"
         " --vocab {input.vocab} --hparams {params.hparams:q} --weights={input.weights}"
         " --features={input.features} --checkpoint-dir {params.checkpoint_dir}"
         " --checkpoint-every {config[train][checkpoint_every]} --threads {threads}"

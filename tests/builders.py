@@ -65,9 +65,10 @@ def shapes_params(images: dict, seed: int = 5, location_words: bool = True) -> d
     }
 
 
-def build_shapes_caches(root: Path, images: dict, image_size: int, max_tokens: int = 20) -> dict[str, Path]:
+def build_shapes_caches(root: Path, images: dict, image_size: int, max_tokens: int = 20, **generator) -> dict[str, Path]:
     """Generate a small ``shapes`` dataset under ``root`` and cache every split.
 
+    ``generator``: overrides of ``shapes_params`` (e.g. ``objects``, ``object_scale``).
     Returns ``{"vocab": vocab.txt, <split>: <split>.h5, ...}``; the vocabulary is the train split's.
     """
     from rmi.data.cache import build_cache
@@ -76,7 +77,7 @@ def build_shapes_caches(root: Path, images: dict, image_size: int, max_tokens: i
     from rmi.text import Vocab
 
     data = root / "data"
-    generate(shapes_params(images), data)
+    generate({**shapes_params(images), **generator}, data)
     out = {"vocab": root / "cache" / "vocab.txt"}
     records = {split: load_refer(data, "unc", data / "images", split) for split in images}
     vocab = Vocab.build(r.sentence for r in records["train"])

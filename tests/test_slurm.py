@@ -34,7 +34,9 @@ def local_overrides() -> list[str]:
     for rule, values in profile["set-resources"].items():
         for key, value in values.items():
             value = {"slurm_partition": "debug", "mem_mb": 1500, "runtime": 30}.get(key, value)
-            resources.append(f"{rule}:{key}={value!r}" if isinstance(value, str) else f"{rule}:{key}={value}")
+            if isinstance(value, str) and not value.startswith("'"):  # slurm_extra is quoted already
+                value = repr(value)
+            resources.append(f"{rule}:{key}={value}")
     threads = [f"{rule}=2" for rule in profile["set-threads"]]
     return [
         "--profile", str(PROFILE),
@@ -42,6 +44,7 @@ def local_overrides() -> list[str]:
         "--set-resources", *resources,
         "--set-threads", *threads,
         "--slurm-status-command", "squeue",  # no accounting database on the test cluster
+        "--slurm-keep-successful-logs",  # the plugin deletes the logs of successful jobs by default
         "--latency-wait", "10", "--retries", "0",
     ]
 
