@@ -84,3 +84,17 @@ def test_cell_grid_samples_every_eighth_pixel():
 def test_upsample_logits_shape_and_constant():
     up = upsample_logits(torch.full((2, 1, 5, 5), 3.0), 40)
     assert up.shape == (2, 1, 40, 40) and torch.allclose(up, torch.tensor(3.0))
+
+
+def test_upsample_logits_is_tf1_bilinear_aligned_with_the_cell_grid():
+    """Pixel (8i, 8j) gets cell (i, j) exactly (what the training target mask[8i, 8j] taught);
+    pixels in between interpolate linearly; the last 7 rows/columns hold the border value."""
+    low5 = torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    up = upsample_logits(low5, 40)
+    assert torch.allclose(cell_grid(up), low5)
+    assert torch.allclose(up[..., 4, 0], (low5[..., 0, 0] * 4 + low5[..., 1, 0] * 4) / 8)
+    assert torch.allclose(up[..., 2, 8], (6 * low5[..., 0, 1] + 2 * low5[..., 1, 1]) / 8)
+    assert torch.allclose(up[..., 39, 39], low5[..., 4, 4])
+    # a mask on the cell grid comes back as itself at the grid points
+    mask = (torch.rand(1, 1, 8, 8) > 0.5).double() * 2 - 1
+    assert torch.equal(cell_grid(upsample_logits(mask, 64)) > 0, mask > 0)

@@ -107,6 +107,29 @@ def cell_grid(mask: np.ndarray | torch.Tensor, stride: int = OUTPUT_STRIDE):
     return mask[..., ::stride, ::stride]
 
 
+def _tf1_bilinear_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` float64 weights of TF1 ``resize_bilinear`` (``align_corners=False``,
+    no half-pixel centres): output index ``p`` reads input coordinate ``p * n_in / n_out``."""
+    x = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
+    lo = x.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = x - lo
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    weights[rows, lo] += 1 - frac
+    weights[rows, hi] += frac
+    return weights
+
+
 def upsample_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, 1, S/8, S/8) -> (B, 1, S, S)`` bilinear upsampling of the logits (test time)."""
-    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    """``(B, C, S/8, S/8) -> (B, C, S, S)`` bilinear upsampling as the official TF1 code does it.
+
+    Pixel ``(8i, 8j)`` gets exactly cell ``(i, j)``'s value -- the cell the training target
+    ``mask[8i, 8j]`` (``cell_grid``) taught -- and pixels in between interpolate linearly. (PyTorch's
+    ``align_corners=False`` uses half-pixel centres instead, which would shift every prediction by
+    3.5 pixels against what the model was trained on.)
+    """
+    h, w = logits.shape[-2:]
+    wy = _tf1_bilinear_weights(h, size).to(logits.device, logits.dtype)
+    wx = _tf1_bilinear_weights(w, size).to(logits.device, logits.dtype)
+    return torch.einsum("ph,...hw,qw->...pq", wy, logits, wx)
