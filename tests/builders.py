@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from rmi.data.masks import CocoSegments
+from rmi.errors import InputError
 from rmi.data.records import Expression
 
 #: (height, width) of the test images: landscape, portrait, square, tiny, grey
@@ -103,3 +105,12 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
     run(TrainJob(cache=caches["train"], vocab=caches["vocab"], hparams=hp, out_model=out / "model.pt",
                  out_log=out / "train_log.csv", checkpoint_dir=out / "ckpt", progress=False))
     return out / "model.pt"
+
+
+def one_line_error(fn, *args, error=InputError, **kw) -> str:
+    """The message of the ``error`` that ``fn(*args, **kw)`` raises; asserts it is one line."""
+    with pytest.raises(error) as err:
+        fn(*args, **kw)
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builders import one_line_error
 from rmi.data.download import download_file, fetch_entry, hash_prefix_from_name, unpack_archive
 from rmi.data.refer import load_refer
 from rmi.data.referit import load_referit
-from rmi.errors import ChecksumError, InputError
+from rmi.errors import ChecksumError
 from test_refer import write_refer_dataset
 from test_referit import write_referit_dataset
 
@@ -64,14 +65,6 @@ def tar_members(archive: Path, members: list[tarfile.TarInfo]) -> bytes:
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
-
-
-def one_line_error(fn, *args, error=InputError, **kw) -> str:
-    with pytest.raises(error) as err:
-        fn(*args, **kw)
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from builders import one_line_error
 from rmi.data.cache import CacheReader, build_cache
 from rmi.data.refer import load_refer
 from rmi.data.sources import load_split
-from rmi.errors import InputError
 from rmi.text import Vocab
 
 #: image_id -> (height, width)
@@ -111,14 +111,6 @@ def write_refer_dataset(root: Path, name: str = "refcoco", refs=None, anns=None)
 
 def load(spec: dict, split: str, **kw):
     return load_refer(Path(spec["refer_dir"]), spec["split_by"], Path(spec["image_dir"]), split, **kw)
-
-
-def one_line_error(fn, *args, **kw) -> str:
-    with pytest.raises(InputError) as err:
-        fn(*args, **kw)
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_records_in_ref_then_sentence_order(tmp_path):

@@ -10,11 +10,11 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from builders import one_line_error
 from rmi.data.cache import CacheReader, build_cache
 from rmi.data.masks import MatFileMask
 from rmi.data.referit import load_referit
 from rmi.data.sources import load_split
-from rmi.errors import InputError
 from rmi.text import Vocab
 
 #: the real split file, kept beside the repository (``../shared/data/referit``)
@@ -58,14 +58,6 @@ def write_referit_dataset(root: Path, split: str = "test", crops=None) -> dict:
 
 def load(root: Path, split: str = "test"):
     return load_referit(root / f"referit_query_{split}.json", root / "images", root / "mask", split)
-
-
-def one_line_error(fn, *args, **kw) -> str:
-    with pytest.raises(InputError) as err:
-        fn(*args, **kw)
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_records_ids_and_order(tmp_path):
