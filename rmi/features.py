@@ -24,6 +24,7 @@ from rmi.models.backbones import build_backbone
 from rmi.train import select_device
 
 log = logging.getLogger(__name__)
+FP16_MAX = float(np.finfo(np.float16).max)
 
 
 @torch.no_grad()
@@ -40,7 +41,8 @@ def extract_features(
 ) -> None:
     """Write ``features (N_img, C, S/8, S/8) float16`` of every cached image (trunk under no_grad).
 
-    Only a frozen trunk can be cached: a trainable one changes during training.
+    Only a frozen trunk can be cached: a trainable one changes during training. Features beyond
+    the float16 range (e.g. an untrained ResNet) raise ``InputError`` and leave no file.
     """
     if not backbone_cfg.get("freeze_trunk", True):
         raise InputError(f"backbones.{backbone}", "freeze_trunk is false: a trainable trunk cannot be cached")
@@ -61,5 +63,13 @@ def extract_features(
             images = torch.from_numpy(np.ascontiguousarray(cache.images(idx).transpose(0, 3, 1, 2)))
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 features = trunk(images.to(dev, non_blocking=True))
-            ds[start:start + len(idx)] = features.float().cpu().numpy().astype(np.float16)
+            values = features.float().cpu().numpy()
+            peak = float(np.abs(values).max())
+            if not peak <= FP16_MAX:  # also catches nan/inf from the trunk itself
+                raise InputError(
+                    f"backbones.{backbone}",
+                    f"trunk features reach {peak:.3g}, beyond float16 ({FP16_MAX:.0f}): the feature"
+                    " cache cannot hold them (untrained weights?); set train.feature_cache: false",
+                )
+            ds[start:start + len(idx)] = values.astype(np.float16)
         f.attrs.update({"backbone": backbone, "cache": str(cache_path), "image_size": cache.image_size})

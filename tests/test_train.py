@@ -204,6 +204,16 @@ def test_feature_cache_refuses_trainable_trunk(caches, tmp_path):
     assert not (tmp_path / "f.h5").exists()
 
 
+def test_feature_cache_refuses_features_beyond_fp16(caches, tmp_path, monkeypatch):
+    from rmi.errors import InputError
+    from rmi.models.backbones import Trunk
+
+    monkeypatch.setattr(Trunk, "forward", lambda self, images: torch.full((len(images), 8, S // 8, S // 8), 1e6))
+    with pytest.raises(InputError, match="beyond float16"):
+        extract_features(caches["train"], tmp_path / "f.h5", "tiny", {"pretrained": False, "freeze_trunk": True}, 32)
+    assert not list(tmp_path.iterdir())  # no file, no temporary left behind
+
+
 def test_prediction_does_not_depend_on_batching(caches, tmp_path):
     run(job(caches, tmp_path, hparams("rmi", steps=5), threads=1))
     predict_split(tmp_path / "model.pt", caches["val"], tmp_path / "b1.h5", batch_size=1)
