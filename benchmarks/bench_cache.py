@@ -92,7 +92,7 @@ def main() -> None:
 
         ds = ReferDataset(tmp / "bench.h5")
         order = np.random.default_rng(1).permutation(len(ds))
-        batches = [order[i:i + a.batch].tolist() for i in range(0, len(order), a.batch)]
+        batches = [order[i : i + a.batch].tolist() for i in range(0, len(order), a.batch)]
         print(f"images: {a.images} ({len(records)} expressions), S={a.size}, batch={a.batch}")
         print(f"cache build: {build:.1f} images/s")
         for workers in sorted({0, a.workers}):

@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from builders import build_shapes_caches  # noqa: E402
 from rmi.crf import CRFParams, refine_file  # noqa: E402
 from rmi.data.cache import CacheReader  # noqa: E402
-from rmi.predictions import write_predictions  # noqa: E402
+from rmi.prediction_file import write_predictions  # noqa: E402
 
 
 def main():
@@ -43,8 +43,11 @@ def main():
             t = time.perf_counter()
             refine_file(tmp / "p.h5", caches["val"], tmp / f"crf{threads}.h5", CRFParams(), threads=threads)
             dt = time.perf_counter() - t
-            print(f"{a.size}x{a.size}, {n} masks, {threads} process(es): {dt:.2f} s, {n / dt:.2f} masks/s, "
-                  f"{dt / n:.3f} s/mask", flush=True)
+            print(
+                f"{a.size}x{a.size}, {n} masks, {threads} process(es): {dt:.2f} s, {n / dt:.2f} masks/s, "
+                f"{dt / n:.3f} s/mask",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 Paper sizes by default: 40 x 40 cells, T = 20 words, 500 mLSTM units, per-pixel input
 1000 (visual) + 1000 (word) + 1000 (word-LSTM state) + 8 (spatial) = 3008, plus 500 recurrent;
-batch 1, float32 on the CPU (or ``--device``; CUDA timings synchronise the device). Prints the median of ``--repeats`` runs of the forward (no_grad) and of
-forward+backward (gradient of the last hidden state's sum), in ms, and naive/optimised ratios.
+batch 1, float32 on the CPU (or ``--device``; CUDA timings synchronise the device). Prints the
+median of ``--repeats`` runs of the forward (no_grad) and of forward+backward (gradient of the
+last hidden state's sum), in ms, and naive/optimised ratios.
 The naive reference lives in ``tests/reference_mlstm.py`` (not part of the library).
 """
 
@@ -62,8 +63,7 @@ def main() -> None:
     image_of = torch.zeros(1, dtype=torch.long, device=device)
 
     def optimised() -> torch.Tensor:
-        for h in mlstm.steps(visual, image_of, words, valid):
-            pass
+        *_, h = mlstm.steps(visual, image_of, words, valid)
         return h
 
     def naive() -> torch.Tensor:
@@ -81,9 +81,10 @@ def main() -> None:
 
     with torch.no_grad():
         diff = (optimised() - naive()).abs().max().item()
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{args.threads} threads"
     print(
         f"mLSTM {args.size}x{args.size}, T={args.steps}, n={args.units}, input {3 * args.dim + 8}+{args.units}, "
-        f"batch 1, {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{args.threads} threads'}), load average {os.getloadavg()[0]:.2f}; max |diff| {diff:.1e}"
+        f"batch 1, {device} ({where}), load average {os.getloadavg()[0]:.2f}; max |diff| {diff:.1e}"
     )
     for label, wrap in (("forward", no_grad), ("forward+backward", backward)):
         fast, slow = median_ms(wrap(optimised), args.repeats, device), median_ms(wrap(naive), args.repeats, device)

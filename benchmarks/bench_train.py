@@ -30,8 +30,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from builders import build_shapes_caches  # noqa: E402
 from rmi.data.dataset import ReferDataset, StepBatchSampler  # noqa: E402
+from rmi.device import model_inputs, select_device  # noqa: E402
 from rmi.text import Vocab  # noqa: E402
-from rmi.train import TrainJob, _build, loss_fn, model_inputs, run, select_device  # noqa: E402
+from rmi.train import TrainJob, _build, loss_fn, run  # noqa: E402
 
 SETUPS = {
     # name: (backbone, fusion, image size, model dims, batch size, frozen trunk); the demo's
@@ -47,23 +48,47 @@ PAPER_DIMS = {"visual_dim": 1000, "embed_dim": 1000, "lstm_dim": 1000, "mlstm_di
 def hparams(backbone, fusion, size, dim, batch, frozen, steps, grouped) -> dict:
     dims = PAPER_DIMS if dim is None else {k: dim for k in PAPER_DIMS}
     return {
-        "seed": 0, "image_size": size, "backbone": backbone, "fusion": fusion,
-        "backbone_cfg": {"pretrained": False, "freeze_trunk": frozen, "weights_path": None,
-                         **({"widths": TINY_DEMO_WIDTHS} if backbone == "tiny" else {})},
+        "seed": 0,
+        "image_size": size,
+        "backbone": backbone,
+        "fusion": fusion,
+        "backbone_cfg": {
+            "pretrained": False,
+            "freeze_trunk": frozen,
+            "weights_path": None,
+            **({"widths": TINY_DEMO_WIDTHS} if backbone == "tiny" else {}),
+        },
         "model": dims,
-        "train": {"steps": steps, "batch_size": batch, "lr": 2.5e-4, "lr_end": 1e-5, "lr_power": 0.9,
-                  "weight_decay": 5e-4, "bias_lr_mult": 1.0, "group_by_image": grouped, "amp": True},
+        "train": {
+            "steps": steps,
+            "batch_size": batch,
+            "lr": 2.5e-4,
+            "lr_end": 1e-5,
+            "lr_power": 0.9,
+            "weight_decay": 5e-4,
+            "bias_lr_mult": 1.0,
+            "group_by_image": grouped,
+            "amp": True,
+        },
     }
 
 
 def step_flops(hp: dict, caches: dict, device: torch.device) -> float:
     """FLOPs of one forward+backward training step on the first batch."""
     vocab = Vocab.load(caches["vocab"])
-    job = TrainJob(cache=caches["train"], vocab=caches["vocab"], hparams=hp, out_model=Path("-"),
-                   out_log=Path("-"), checkpoint_dir=Path("-"))
+    job = TrainJob(
+        cache=caches["train"],
+        vocab=caches["vocab"],
+        hparams=hp,
+        out_model=Path("-"),
+        out_log=Path("-"),
+        checkpoint_dir=Path("-"),
+    )
     model, _, _ = _build(job, vocab, device)
     dataset = ReferDataset(caches["train"])
-    rows = next(iter(StepBatchSampler(dataset.cache.image_index, hp["train"]["batch_size"], 0, hp["train"]["group_by_image"])))
+    rows = next(
+        iter(StepBatchSampler(dataset.cache.image_index, hp["train"]["batch_size"], 0, hp["train"]["group_by_image"]))
+    )
     batch = dataset.__getitems__(rows)
     with FlopCounterMode(display=False) as counter:
         loss_fn(model(**model_inputs(batch, device)), batch["target"].to(device)).backward()
@@ -100,17 +125,32 @@ def main():
             for grouped in (True, False):
                 hp = hparams(backbone, fusion, size, dim, batch, frozen, steps, grouped)
                 out = Path(tmp) / f"{backbone}-{fusion}-{grouped}"
-                run(TrainJob(cache=caches["train"], vocab=caches["vocab"], hparams=hp, out_model=out / "model.pt",
-                             out_log=out / "log.csv", checkpoint_dir=out / "ckpt", threads=a.threads,
-                             device=str(device), log_every=1, progress=False))
+                run(
+                    TrainJob(
+                        cache=caches["train"],
+                        vocab=caches["vocab"],
+                        hparams=hp,
+                        out_model=out / "model.pt",
+                        out_log=out / "log.csv",
+                        checkpoint_dir=out / "ckpt",
+                        threads=a.threads,
+                        device=str(device),
+                        log_every=1,
+                        progress=False,
+                    )
+                )
                 t = pd.read_csv(out / "log.csv")["time"].to_numpy()
                 step_s = statistics.median(np.diff(t)[1:]) if len(t) > 2 else t[-1]
                 flops = step_flops(hp, caches, device)
                 line = {
-                    "setup": name, "grouped": grouped, "batch": batch,
+                    "setup": name,
+                    "grouped": grouped,
+                    "batch": batch,
                     "images/batch": round(images_per_batch(caches, batch, grouped), 2),
-                    "step_ms": round(1000 * step_s, 1), "expr/s": round(batch / step_s, 1),
-                    "GFLOP/step": round(flops / 1e9, 1), "TFLOP/s": round(flops / step_s / 1e12, 3),
+                    "step_ms": round(1000 * step_s, 1),
+                    "expr/s": round(batch / step_s, 1),
+                    "GFLOP/step": round(flops / 1e9, 1),
+                    "TFLOP/s": round(flops / step_s / 1e12, 3),
                 }
                 if device.type == "cuda":
                     line["MFU%"] = round(100 * flops / step_s / 1e12 / a.peak_tflops, 2)

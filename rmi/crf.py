@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from rmi.data.cache import CacheReader
 from rmi.errors import InputError
-from rmi.predictions import PredictionReader, write_predictions
+from rmi.prediction_file import PredictionReader, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class CRFParams:
     clip: float = 1e-8
 
     @classmethod
-    def from_dict(cls, values: dict) -> "CRFParams":
+    def from_dict(cls, values: dict) -> CRFParams:
         """Build from a config ``crf:`` mapping (``enabled`` and unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
@@ -57,7 +57,9 @@ def refine(prob: np.ndarray, image: np.ndarray, params: CRFParams = CRFParams())
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(
-        sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=np.ascontiguousarray(image),
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=np.ascontiguousarray(image),
         compat=params.bilateral_compat,
     )
     q = np.asarray(crf.inference(int(params.iterations)), np.float32).reshape(2, h, w)
@@ -74,13 +76,15 @@ def _init_worker(pred_path: str, cache_path: str, params: CRFParams) -> None:
 def _refine_rows(rows: range) -> np.ndarray:
     """CRF masks ``(len(rows), S, S) bool`` of prediction rows (in a worker or in-process)."""
     pred, cache, params = _worker["pred"], _worker["cache"], _worker["params"]
-    return np.stack([
-        refine(pred.padded_probability(i), cache.image(int(cache.image_index[i])), params) for i in rows
-    ])
+    return np.stack([refine(pred.padded_probability(i), cache.image(int(cache.image_index[i])), params) for i in rows])
 
 
 def refine_file(
-    pred_path: str | Path, cache_path: str | Path, out_path: str | Path, params: CRFParams, threads: int = 1,
+    pred_path: str | Path,
+    cache_path: str | Path,
+    out_path: str | Path,
+    params: CRFParams,
+    threads: int = 1,
     chunk: int = 16,
 ) -> None:
     """CRF every expression of a ``logits`` prediction file; write a ``mask`` prediction file.
@@ -103,20 +107,29 @@ def refine_file(
             results = map(_refine_rows, chunks)
         else:
             pool = ProcessPoolExecutor(
-                threads, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(str(pred_path), str(cache_path), params),
+                threads,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(str(pred_path), str(cache_path), params),
             )
             results = pool.map(_refine_rows, chunks)
         try:
-            for rows, out in zip(chunks, results):
-                masks[rows.start:rows.stop] = out
+            for rows, out in zip(chunks, results, strict=True):
+                masks[rows.start : rows.stop] = out
                 bar.update(len(rows))
         finally:
             if threads > 1:
                 pool.shutdown()
             _worker.clear()
     write_predictions(
-        out_path, sent_id=sent_id, orig_hw=orig_hw, image_size=size, masks=masks,
-        attrs={**{k: v for k, v in attrs.items() if k in ("model", "backbone", "fusion")},
-               "source": str(pred_path), "crf": json.dumps(dataclasses.asdict(params), sort_keys=True)},
+        out_path,
+        sent_id=sent_id,
+        orig_hw=orig_hw,
+        image_size=size,
+        masks=masks,
+        attrs={
+            **{k: v for k, v in attrs.items() if k in ("model", "backbone", "fusion")},
+            "source": str(pred_path),
+            "crf": json.dumps(dataclasses.asdict(params), sort_keys=True),
+        },
     )

@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from rmi.data.cache import CacheReader
+from rmi.device import select_device
 from rmi.errors import InputError
 from rmi.fileio import atomic_path
 from rmi.models.backbones import build_backbone
-from rmi.train import select_device
 
 log = logging.getLogger(__name__)
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -55,7 +55,9 @@ def extract_features(
     log.info("extracting %s trunk features of %d images of %s on %s", backbone, n, cache_path, dev)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset(
-            "features", shape=(n, trunk.out_channels, size, size), dtype=np.float16,
+            "features",
+            shape=(n, trunk.out_channels, size, size),
+            dtype=np.float16,
             chunks=(1, trunk.out_channels, size, size),
         )
         for start in tqdm(range(0, n, batch_size), unit="batch", disable=None, mininterval=2.0):
@@ -71,5 +73,5 @@ def extract_features(
                     f"trunk features reach {peak:.3g}, beyond float16 ({FP16_MAX:.0f}): the feature"
                     " cache cannot hold them (untrained weights?); set train.feature_cache: false",
                 )
-            ds[start:start + len(idx)] = values.astype(np.float16)
+            ds[start : start + len(idx)] = values.astype(np.float16)
         f.attrs.update({"backbone": backbone, "cache": str(cache_path), "image_size": cache.image_size})

@@ -14,8 +14,8 @@ Everything is deterministic for a given model, cache and seed.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -29,7 +29,7 @@ from rmi.crf import CRFParams, refine  # noqa: E402
 from rmi.data.cache import CacheReader  # noqa: E402
 from rmi.data.transforms import unpad_and_resize, upsample_logits  # noqa: E402
 from rmi.fileio import atomic_path  # noqa: E402
-from rmi.predictions import PredictionReader  # noqa: E402
+from rmi.prediction_file import PredictionReader  # noqa: E402
 from rmi.text import tokenize  # noqa: E402
 
 MASK_RGB = np.array([230, 30, 30], np.float64)
@@ -144,7 +144,9 @@ def response_maps(model, cache: CacheReader, row: int, crf: CRFParams, out_png: 
     _save(fig, out_png)
 
 
-def qualitative_grid(cache: CacheReader, rows: Sequence[int], predictions: dict[str, PredictionReader], out_png: str | Path) -> None:
+def qualitative_grid(
+    cache: CacheReader, rows: Sequence[int], predictions: dict[str, PredictionReader], out_png: str | Path
+) -> None:
     """Paper Fig. 7: per expression (row) the image, the ground truth and each prediction, at original size."""
     cols = 2 + len(predictions)
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.3 * len(rows) + 0.3), squeeze=False)
@@ -174,8 +176,12 @@ def loss_curve(train_log: str | Path, out_png: str | Path, title: str = "") -> N
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot(log["step"], log["loss"], color="tab:blue", alpha=0.35, label="loss")
     window = max(1, len(log) // 20)
-    ax.plot(log["step"], log["loss"].rolling(window, min_periods=1).mean(), color="tab:blue",
-            label=f"loss, moving average ({window} rows)")
+    ax.plot(
+        log["step"],
+        log["loss"].rolling(window, min_periods=1).mean(),
+        color="tab:blue",
+        label=f"loss, moving average ({window} rows)",
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("sigmoid cross-entropy")
     lr_ax = ax.twinx()

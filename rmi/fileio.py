@@ -9,8 +9,8 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -24,7 +24,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp" + (suffix if suffix is not None else target.suffix),
+        prefix=f".{target.name}.",
+        suffix=".tmp" + (suffix if suffix is not None else target.suffix),
         dir=target.parent,
     )
     os.close(fd)
@@ -32,14 +33,15 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     try:
         yield tmp_path
         if tmp_path.exists():  # mkstemp creates 0600; give the file the usual umask permissions
-            tmp_path.chmod(0o666 & ~_umask())
+            tmp_path.chmod(0o666 & ~current_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it requires setting it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

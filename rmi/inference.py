@@ -1,8 +1,12 @@
-"""Inference over a cached split: low-resolution logits for every expression, trunk once per image."""
+"""Running a trained model: every expression of a cached split (rule predict), or one image.
+
+``predict_split`` writes the split's low-resolution logits, the trunk run once per image;
+``predict_image`` segments one image from one expression (the ``rmi predict`` command)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,25 +14,22 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rmi.checkpoint import load_model
+from rmi.crf import CRFParams, refine
 from rmi.data.dataset import ReferDataset, identity_collate, sequential_batches
+from rmi.data.transforms import resize_and_pad_image, unpad_and_resize, upsample_logits
+from rmi.device import autocast, model_inputs, select_device
 from rmi.errors import InputError
-from rmi.predictions import write_predictions
-from rmi.train import model_inputs, select_device
+from rmi.model_file import ModelInfo, load_model
+from rmi.prediction_file import write_predictions
+from rmi.text import Vocab, has_word, tokenize
 
 log = logging.getLogger(__name__)
 
 
-def check_compatible(cache_attrs: dict, cache_path: Path, info, model_path: Path) -> None:
-    """A model can only read a cache made with its vocabulary and image size."""
-    if cache_attrs.get("vocab_sha1") != info.vocab.digest():
-        raise InputError(cache_path, f"was tokenized with another vocabulary than model {model_path}")
-    if int(cache_attrs["image_size"]) != info.image_size:
-        raise InputError(cache_path, f"image size {cache_attrs['image_size']} differs from model {model_path} ({info.image_size})")
-
-
 @torch.no_grad()
-def predict_logits(model, dataset: ReferDataset, batch_size: int, device: torch.device, threads: int = 1, amp: bool = True) -> np.ndarray:
+def predict_logits(
+    model, dataset: ReferDataset, batch_size: int, device: torch.device, threads: int = 1, amp: bool = True
+) -> np.ndarray:
     """Logits ``(N, S/8, S/8) float32`` for every expression row of ``dataset``, in row order."""
     n, size = len(dataset), dataset.cache.image_size // 8
     out = np.zeros((n, size, size), np.float32)
@@ -42,20 +43,27 @@ def predict_logits(model, dataset: ReferDataset, batch_size: int, device: torch.
     )
     with tqdm(total=n, unit="expr", disable=None, mininterval=2.0) as bar:
         for batch in loader:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and on_cuda):
+            with autocast(device, amp):
                 logits = model(**model_inputs(batch, device))
             out[batch["rows"].numpy()] = logits[:, 0].float().cpu().numpy()
             bar.update(len(batch["rows"]))
     return out
 
 
-def predict_split(model_path: str | Path, cache_path: str | Path, out_path: str | Path, batch_size: int = 32, threads: int = 1, device: str | None = None) -> None:
+def predict_split(
+    model_path: str | Path,
+    cache_path: str | Path,
+    out_path: str | Path,
+    batch_size: int = 32,
+    threads: int = 1,
+    device: str | None = None,
+) -> None:
     """Write ``results/predictions/.../{split}.h5`` (kind ``logits``) for one model and split."""
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
     model, info = load_model(model_path, dev)
     dataset = ReferDataset(cache_path, with_targets=False)
-    check_compatible(dataset.cache.attrs, Path(cache_path), info, Path(model_path))
+    dataset.cache.check_compatible(info.vocab, info.image_size, f"model {model_path}")
     log.info("predicting %d expressions of %s with %s on %s", len(dataset), cache_path, model_path, dev)
     logits = predict_logits(model, dataset, batch_size, dev, threads, amp=bool(info.hparams["train"].get("amp", True)))
     cache = dataset.cache
@@ -67,3 +75,50 @@ def predict_split(model_path: str | Path, cache_path: str | Path, out_path: str 
         logits=logits,
         attrs={"model": str(model_path), "cache": str(cache_path), "backbone": info.backbone, "fusion": info.fusion},
     )
+
+
+@dataclass
+class Prediction:
+    """One prediction at the original image size."""
+
+    probability: np.ndarray  # (h, w) float32, before DenseCRF
+    mask: np.ndarray  # (h, w) bool, after DenseCRF when asked
+    tokens: list[str]  # the tokens the model read (at most T)
+    unknown: list[str]  # those not in the model's vocabulary (read as <unk>)
+
+
+def encode_expression(expression: str, vocab: Vocab, max_tokens: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """Expression -> ``(ids (T,) int64 left-padded, tokens read, unknown tokens)``.
+
+    Raises ``InputError`` for an expression without any word (empty, blank, punctuation only).
+    """
+    tokens = tokenize(expression)
+    if not has_word(tokens):
+        raise InputError("--expression", f"empty expression {expression!r}: it holds no word")
+    tokens = tokens[:max_tokens]
+    unknown = [t for t in tokens if t not in vocab.index]
+    return vocab.encode_tokens(tokens, max_tokens), tokens, unknown
+
+
+@torch.no_grad()
+def predict_image(
+    model, info: ModelInfo, image: np.ndarray, expression: str, crf: CRFParams | None = None
+) -> Prediction:
+    """``image (h, w, 3) or (h, w) uint8`` + expression -> ``Prediction`` at ``(h, w)``."""
+    ids, tokens, unknown = encode_expression(expression, info.vocab, info.max_tokens)
+    size = info.image_size
+    padded = resize_and_pad_image(image, size)
+    device = next(model.parameters()).device
+    logits = model(
+        tokens=torch.from_numpy(ids)[None].to(device),
+        image_of=torch.zeros(1, dtype=torch.int64, device=device),
+        images=torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None].to(device),
+    )
+    prob_padded = torch.sigmoid(upsample_logits(logits.float(), size))[0, 0].cpu().numpy()
+    h, w = image.shape[:2]
+    probability = unpad_and_resize(prob_padded, h, w, mode="bilinear")
+    if crf is None:
+        mask = probability > 0.5
+    else:
+        mask = unpad_and_resize(refine(prob_padded, padded, crf), h, w, mode="nearest")
+    return Prediction(probability, mask, tokens, unknown)

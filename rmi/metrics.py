@@ -9,8 +9,8 @@ all have pixels) counts as a perfect match, IoU 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from rmi.data.cache import CacheReader
 from rmi.errors import InputError
-from rmi.predictions import PredictionReader
+from rmi.prediction_file import PredictionReader
 
 COLUMNS = ["sent_id", "ref_id", "n_tokens", "intersection", "union", "iou"]
 
@@ -43,14 +43,16 @@ def evaluate_split(pred_path: str | Path, cache_path: str | Path) -> pd.DataFram
     iu = np.asarray(rows, np.int64).reshape(-1, 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(iu[:, 1] > 0, iu[:, 0] / np.maximum(iu[:, 1], 1), 1.0)
-    return pd.DataFrame({
-        "sent_id": cache.sent_id,
-        "ref_id": cache.ref_id[cache.sent_ref],
-        "n_tokens": cache.n_tokens.astype(np.int64),
-        "intersection": iu[:, 0],
-        "union": iu[:, 1],
-        "iou": iou,
-    })[COLUMNS]
+    return pd.DataFrame(
+        {
+            "sent_id": cache.sent_id,
+            "ref_id": cache.ref_id[cache.sent_ref],
+            "n_tokens": cache.n_tokens.astype(np.int64),
+            "intersection": iu[:, 0],
+            "union": iu[:, 1],
+            "iou": iou,
+        }
+    )[COLUMNS]
 
 
 def overall_iou(frame: pd.DataFrame) -> float:

@@ -68,8 +68,14 @@ def precision_table(spec: dict, metrics_dir: str | Path) -> pd.DataFrame:
     for label, model in model_rows(spec):
         for _, d, s in columns(spec):
             summary = summarize(read_metrics(metrics_dir, d, model, s), spec["thresholds"])
-            row = {"model": label, "dataset": d, "split": s, "n": summary["n"],
-                   "oIoU": summary["overall_iou"], "mIoU": summary["mean_iou"]}
+            row = {
+                "model": label,
+                "dataset": d,
+                "split": s,
+                "n": summary["n"],
+                "oIoU": summary["overall_iou"],
+                "mIoU": summary["mean_iou"],
+            }
             row.update({f"prec@{t}": summary[f"prec@{t}"] for t in spec["thresholds"]})
             records.append(row)
     frame = pd.DataFrame.from_records(records)
@@ -102,7 +108,8 @@ def length_table(spec: dict, metrics_dir: str | Path, table: dict) -> pd.DataFra
             sizes = [len(p) for p in parts]
         if {"lstm", "rmi"} <= set(values):
             rows[f"{letter} Relative Gain (%)"] = [
-                round(100 * (r - l) / l, 2) if l else float("nan") for l, r in zip(values["lstm"], values["rmi"])
+                round(100 * (r - b) / b, 2) if b else float("nan")
+                for b, r in zip(values["lstm"], values["rmi"], strict=True)
             ]
     rows["n"] = sizes
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=labels)
@@ -117,8 +124,9 @@ def vs_paper(table: pd.DataFrame, paper: dict) -> pd.DataFrame:
         for col, value in cols.items():
             if model in ours.index and col in ours.columns:
                 mine = float(ours.loc[model, col])
-                records.append({"model": model, "column": col, "ours": mine, "paper": value,
-                                "diff": round(mine - value, 2)})
+                records.append(
+                    {"model": model, "column": col, "ours": mine, "paper": value, "diff": round(mine - value, 2)}
+                )
     return pd.DataFrame.from_records(records, columns=["model", "column", "ours", "paper", "diff"])
 
 

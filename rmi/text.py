@@ -10,8 +10,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class Vocab:
         self.index = {w: i for i, w in enumerate(words)}
 
     @classmethod
-    def build(cls, sentences: Iterable[str], min_count: int = 1) -> "Vocab":
+    def build(cls, sentences: Iterable[str], min_count: int = 1) -> Vocab:
         """Vocabulary of the tokens of ``sentences`` seen at least ``min_count`` times.
 
         Order: specials, then by decreasing count, ties alphabetical (deterministic).
@@ -71,7 +71,7 @@ class Vocab:
         return cls(list(SPECIALS) + ranked)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocab":
+    def load(cls, path: str | Path) -> Vocab:
         """Read one word per line (the ``vocab.txt`` the cache rule writes)."""
         path = Path(path)
         try:
@@ -117,7 +117,7 @@ class Vocab:
         ids = self.ids(tokens)[:max_tokens]
         out = np.zeros(max_tokens, dtype=np.int64)
         if ids:
-            out[max_tokens - len(ids):] = ids
+            out[max_tokens - len(ids) :] = ids
         return out
 
     def decode(self, ids: Iterable[int]) -> list[str]:

@@ -32,23 +32,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rmi.checkpoint import ModelInfo, save_model
 from rmi.data.cache import CacheReader
 from rmi.data.dataset import ReferDataset, StepBatchSampler, identity_collate
+from rmi.device import autocast, model_inputs, select_device
 from rmi.errors import InputError
 from rmi.fileio import atomic_path, write_text
+from rmi.model_file import ModelInfo, save_model
 from rmi.text import Vocab
 
 log = logging.getLogger(__name__)
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a job killed by SIGTERM reports
-
-
-def select_device(preferred: str | None = None) -> torch.device:
-    """``preferred`` if given, else CUDA when available, else CPU."""
-    if preferred:
-        return torch.device(preferred)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def poly_lr_factor(step: int, steps: int, lr: float, lr_end: float, power: float) -> float:
@@ -125,7 +119,9 @@ def _load_state(job, model, optimizer, scheduler, digest):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a checkpoint is written atomically, so this means tampering
-        raise InputError(path, f"cannot read training checkpoint ({type(err).__name__}: {err}); delete it to restart") from err
+        raise InputError(
+            path, f"cannot read training checkpoint ({type(err).__name__}: {err}); delete it to restart"
+        ) from err
     if state.get("digest") != digest:
         log.warning("%s: made with other hyperparameters; starting from scratch", path)
         return 0, [], 0.0
@@ -152,12 +148,6 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
-def model_inputs(batch: dict, device: torch.device) -> dict:
-    """Move a batch's model inputs to ``device`` (non-blocking from pinned memory)."""
-    keys = ("tokens", "image_of", "images", "trunk_features")
-    return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
-
-
 def run(job: TrainJob) -> Path:
     """Train to ``hparams.train.steps`` (resuming if possible); write ``model.pt`` and the log."""
     hp, tr = job.hparams, job.hparams["train"]
@@ -169,10 +159,7 @@ def run(job: TrainJob) -> Path:
 
     vocab = Vocab.load(job.vocab)
     cache = CacheReader(job.cache)
-    if cache.attrs.get("vocab_sha1") != vocab.digest():
-        raise InputError(job.cache, f"was built with another vocabulary than {job.vocab}; rebuild the cache")
-    if cache.image_size != hp["image_size"]:
-        raise InputError(job.cache, f"image size {cache.image_size} differs from the config's {hp['image_size']}")
+    cache.check_compatible(vocab, hp["image_size"], f"{job.vocab} and the config's image_size")
 
     model, optimizer, scheduler = _build(job, vocab, device)
     digest = hparams_digest(hp)
@@ -201,13 +188,22 @@ def run(job: TrainJob) -> Path:
     bar = tqdm(total=steps, initial=start, disable=not show_bar, unit="step", dynamic_ncols=True)
     model.train()
     t0, running, n_running, last_print = time.monotonic() - elapsed, torch.zeros((), device=device), 0, time.monotonic()
-    log.info("training %s+%s on %s: steps %d..%d, batch %d, device %s", hp["backbone"], hp["fusion"], job.cache, start, steps, tr["batch_size"], device)
+    log.info(
+        "training %s+%s on %s: steps %d..%d, batch %d, device %s",
+        hp["backbone"],
+        hp["fusion"],
+        job.cache,
+        start,
+        steps,
+        tr["batch_size"],
+        device,
+    )
     try:
         step = start
         for batch in loader:
             if step >= steps:
                 break
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, amp):
                 logits = model(**model_inputs(batch, device))
             loss = loss_fn(logits, batch["target"].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
@@ -224,7 +220,14 @@ def run(job: TrainJob) -> Path:
                 bar.set_postfix(loss=f"{rows[-1][1]:.4f}", lr=f"{lr:.2e}")
                 if not show_bar and time.monotonic() - last_print > 30:
                     last_print = time.monotonic()
-                    log.info("step %d/%d loss %.4f lr %.3g %.2f step/s", step, steps, rows[-1][1], lr, (step - start) / max(1e-9, rows[-1][3] - elapsed))
+                    log.info(
+                        "step %d/%d loss %.4f lr %.3g %.2f step/s",
+                        step,
+                        steps,
+                        rows[-1][1],
+                        lr,
+                        (step - start) / max(1e-9, rows[-1][3] - elapsed),
+                    )
             bar.update(1)
             if job._stop_requested or (step % job.checkpoint_every == 0 and step < steps):
                 _save_state(job, step, model, optimizer, scheduler, rows, time.monotonic() - t0, digest)
@@ -235,8 +238,15 @@ def run(job: TrainJob) -> Path:
         signal.signal(signal.SIGTERM, previous)
 
     info = ModelInfo(
-        backbone=hp["backbone"], fusion=hp["fusion"], model_cfg=hp["model"], backbone_cfg=hp["backbone_cfg"],
-        vocab=vocab, image_size=hp["image_size"], max_tokens=cache.max_tokens, hparams=hp, steps=steps,
+        backbone=hp["backbone"],
+        fusion=hp["fusion"],
+        model_cfg=hp["model"],
+        backbone_cfg=hp["backbone_cfg"],
+        vocab=vocab,
+        image_size=hp["image_size"],
+        max_tokens=cache.max_tokens,
+        hparams=hp,
+        steps=steps,
     )
     save_model(job.out_model, model, info)
     _write_log(Path(job.out_log), rows)

@@ -9,12 +9,18 @@ import pytest
 from PIL import Image
 
 from rmi.data.masks import CocoSegments
-from rmi.errors import InputError
 from rmi.data.records import Expression
+from rmi.errors import InputError
 
 #: (height, width) of the test images: landscape, portrait, square, tiny, grey
 SIZES = [(60, 90), (80, 40), (64, 64), (17, 23), (50, 70)]
-SENTENCES = ["red box on the left", "the blue one", "big square", "left thing .", "small dark box at the bottom right corner"]
+SENTENCES = [
+    "red box on the left",
+    "the blue one",
+    "big square",
+    "left thing .",
+    "small dark box at the bottom right corner",
+]
 
 
 def rect_polygon(y0: int, x0: int, y1: int, x1: int) -> list[float]:
@@ -67,7 +73,9 @@ def shapes_params(images: dict, seed: int = 5, location_words: bool = True) -> d
     }
 
 
-def build_shapes_caches(root: Path, images: dict, image_size: int, max_tokens: int = 20, **generator) -> dict[str, Path]:
+def build_shapes_caches(
+    root: Path, images: dict, image_size: int, max_tokens: int = 20, **generator
+) -> dict[str, Path]:
     """Generate a small ``shapes`` dataset under ``root`` and cache every split.
 
     ``generator``: overrides of ``shapes_params`` (e.g. ``objects``, ``object_scale``).
@@ -95,15 +103,36 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
     from rmi.train import TrainJob, run
 
     hp = {
-        "seed": 0, "image_size": image_size, "backbone": "tiny", "fusion": fusion,
+        "seed": 0,
+        "image_size": image_size,
+        "backbone": "tiny",
+        "fusion": fusion,
         "backbone_cfg": {"pretrained": False, "freeze_trunk": False, "weights_path": None, "widths": [8, 8, 16]},
         "model": {k: 16 for k in ("visual_dim", "embed_dim", "lstm_dim", "mlstm_dim", "mlp_dim")},
-        "train": {"steps": steps, "batch_size": 8, "lr": 3e-3, "lr_end": 1e-5, "lr_power": 0.9, "weight_decay": 5e-4,
-                  "bias_lr_mult": 1.0, "group_by_image": False, "amp": True},
+        "train": {
+            "steps": steps,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "lr_end": 1e-5,
+            "lr_power": 0.9,
+            "weight_decay": 5e-4,
+            "bias_lr_mult": 1.0,
+            "group_by_image": False,
+            "amp": True,
+        },
     }
     out = root / fusion
-    run(TrainJob(cache=caches["train"], vocab=caches["vocab"], hparams=hp, out_model=out / "model.pt",
-                 out_log=out / "train_log.csv", checkpoint_dir=out / "ckpt", progress=False))
+    run(
+        TrainJob(
+            cache=caches["train"],
+            vocab=caches["vocab"],
+            hparams=hp,
+            out_model=out / "model.pt",
+            out_log=out / "train_log.csv",
+            checkpoint_dir=out / "ckpt",
+            progress=False,
+        )
+    )
     return out / "model.pt"
 
 

@@ -49,13 +49,22 @@ TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, cores: int = 2, check: bool = True):
     """Run the repository's workflow in ``workdir`` (a CLI call); returns the CompletedProcess."""
     cmd = [
-        str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        f"--configfile={configfile}", "--cores", str(cores), *args,
+        str(SNAKEMAKE),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        f"--configfile={configfile}",
+        "--cores",
+        str(cores),
+        *args,
     ]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 

@@ -73,7 +73,8 @@ def naive_mlstm(weight: Tensor, bias: Tensor, visual: Tensor, words: Tensor, val
 
 
 def naive_baseline_head(mlp: torch.nn.Conv2d, classifier: torch.nn.Conv2d, h: Tensor, visual: Tensor) -> Tensor:
-    """Baseline head on the concat: ``h (B, Dl)`` (raw word-LSTM state), ``visual (B, Dv, H, W)`` -> ``(B, 1, H, W)``."""
+    """Baseline head on the concat: ``h (B, Dl)`` (raw word-LSTM state), ``visual (B, Dv, H, W)``
+    -> ``(B, 1, H, W)``."""
     B, _, H, W = visual.shape
     lang = (h / h.norm(dim=1, keepdim=True).clamp_min(1e-6))[:, :, None, None].expand(-1, -1, H, W)
     spatial = reference_spatial(H, W).to(visual).expand(B, -1, -1, -1)

@@ -87,7 +87,7 @@ def test_dataset_batches_hold_each_image_once(built):
 def test_dataset_in_worker_processes(built):
     _, _, out, _ = built
     ds = ReferDataset(out)
-    ds.cache.file  # open a handle in the parent: workers must not reuse it
+    assert ds.cache.file  # open a handle in the parent: workers must not reuse it
     batches = sequential_batches(ds.cache.image_index, 3)
     loader = DataLoader(ds, batch_sampler=batches, collate_fn=identity_collate, num_workers=2)
     rows = torch.cat([b["rows"] for b in loader]).tolist()
@@ -103,7 +103,7 @@ def test_step_sampler_is_deterministic_resumable_and_grouped():
     assert full.batches_per_epoch == 4
     # every epoch visits each expression exactly once
     for e in range(2):
-        assert sorted(sum(first[4 * e:4 * e + 4], [])) == list(range(16))
+        assert sorted(sum(first[4 * e : 4 * e + 4], [])) == list(range(16))
     # image groups stay together: consecutive rows of an epoch share images block-wise
     order = full.epoch_order(0)
     runs = np.flatnonzero(np.diff(image_index[order])) + 1

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
-import pytest
 from pydensecrf.utils import unary_from_softmax
 from scipy.ndimage import gaussian_filter
 
 from builders import make_records
 from rmi.crf import CRFParams, refine, refine_file
 from rmi.data.cache import CacheReader, build_cache
-from rmi.predictions import PredictionReader, write_predictions
+from rmi.prediction_file import PredictionReader, write_predictions
 from rmi.text import Vocab
 
 S = 64
@@ -69,8 +68,11 @@ def test_refine_file_pool_equals_in_process(tmp_path, rng):
     write_predictions(tmp_path / "p.h5", reader.sent_id, reader.image_hw[reader.image_index], S, logits=logits)
     refine_file(tmp_path / "p.h5", tmp_path / "val.h5", tmp_path / "one.h5", CRFParams(), threads=1)
     refine_file(tmp_path / "p.h5", tmp_path / "val.h5", tmp_path / "two.h5", CRFParams(), threads=2, chunk=3)
-    with PredictionReader(tmp_path / "one.h5") as a, PredictionReader(tmp_path / "two.h5") as b, \
-            PredictionReader(tmp_path / "p.h5") as p:
+    with (
+        PredictionReader(tmp_path / "one.h5") as a,
+        PredictionReader(tmp_path / "two.h5") as b,
+        PredictionReader(tmp_path / "p.h5") as p,
+    ):
         assert a.kind == "mask" and np.array_equal(a.sent_id, reader.sent_id)
         for i in range(n):
             assert np.array_equal(a.padded_mask(i), b.padded_mask(i))

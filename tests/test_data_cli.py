@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_refer import annotations, write_refer_dataset
+from test_referit import crop_mask, write_referit_dataset
 
 from rmi.data.cache import CacheReader
 from rmi.errors import ChecksumError
 from rmi.text import SPECIALS, Vocab
-from test_refer import annotations, write_refer_dataset
-from test_referit import crop_mask, write_referit_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,10 +33,24 @@ def script(name: str):
 def vocab_and_cache(source: dict, split: str, out: Path, dataset: str) -> CacheReader:
     src = json.dumps(source)
     script("build_vocab").main(["--source", src, "--split", split, "--min-count", "1", "--out", str(out / "vocab.txt")])
-    script("build_cache").main([
-        "--source", src, "--split", split, "--vocab", str(out / "vocab.txt"), "--image-size", "32",
-        "--max-tokens", "5", "--dataset", dataset, "--out", str(out / f"{split}.h5"),
-    ])
+    script("build_cache").main(
+        [
+            "--source",
+            src,
+            "--split",
+            split,
+            "--vocab",
+            str(out / "vocab.txt"),
+            "--image-size",
+            "32",
+            "--max-tokens",
+            "5",
+            "--dataset",
+            dataset,
+            "--out",
+            str(out / f"{split}.h5"),
+        ]
+    )
     return CacheReader(out / f"{split}.h5")
 
 
@@ -62,9 +76,20 @@ def test_vocab_and_cache_for_referit_layout(tmp_path):
 def test_input_error_exits_1_with_one_line(tmp_path):
     source = {"format": "refer", "refer_dir": str(tmp_path / "nowhere"), "split_by": "unc", "image_dir": str(tmp_path)}
     run = subprocess.run(
-        [sys.executable, str(REPO / "workflow_scripts" / "build_vocab.py"), "--source", json.dumps(source),
-         "--split", "train", "--out", str(tmp_path / "vocab.txt")],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts" / "build_vocab.py"),
+            "--source",
+            json.dumps(source),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "vocab.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nowhere' / 'refs(unc).p'}: file is missing"
@@ -86,14 +111,29 @@ def test_fetch_weights_checks_the_prefix_in_the_name(http_server, tmp_path):
     (root / f"resnet101-{prefix}.pth").write_bytes(weights)
     (root / "resnet101-00000000.pth").write_bytes(weights)
     fetch = script("fetch_weights")
-    fetch.main(["--backbone", "resnet101", "--url", f"{base}/resnet101-{prefix}.pth", "--out", str(tmp_path / "w" / "r.pth")])
+    fetch.main(
+        ["--backbone", "resnet101", "--url", f"{base}/resnet101-{prefix}.pth", "--out", str(tmp_path / "w" / "r.pth")]
+    )
     assert (tmp_path / "w" / "r.pth").read_bytes() == weights
     with pytest.raises(ChecksumError, match=f"sha256 prefix mismatch: expected 00000000, got {prefix}"):
-        fetch.main(["--backbone", "resnet101", "--url", f"{base}/resnet101-00000000.pth", "--out", str(tmp_path / "w" / "bad.pth")])
+        fetch.main(
+            [
+                "--backbone",
+                "resnet101",
+                "--url",
+                f"{base}/resnet101-00000000.pth",
+                "--out",
+                str(tmp_path / "w" / "bad.pth"),
+            ]
+        )
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["r.pth"]
 
 
 def test_fetch_weights_defaults_to_torchvision_urls():
-    fetch = script("fetch_weights")
-    assert fetch.default_url("resnet101") == "https://download.pytorch.org/models/resnet101-63fe2227.pth"
-    assert fetch.default_url("deeplab101") == "https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth"
+    from rmi.models.backbones import torchvision_weights
+
+    assert torchvision_weights("resnet101").url == "https://download.pytorch.org/models/resnet101-63fe2227.pth"
+    assert (
+        torchvision_weights("deeplab101").url
+        == "https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth"
+    )

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_refer import write_refer_dataset
+from test_referit import write_referit_dataset
 
 from builders import one_line_error
 from rmi.data.download import download_file, fetch_entry, hash_prefix_from_name, unpack_archive
 from rmi.data.refer import load_refer
 from rmi.data.referit import load_referit
 from rmi.errors import ChecksumError
-from test_refer import write_refer_dataset
-from test_referit import write_referit_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = bytes(range(256)) * 1000
@@ -103,7 +103,9 @@ def test_checksum_mismatch_names_url_and_digests_and_leaves_nothing(served, tmp_
 def test_http_error_and_unreachable_host(http_server, tmp_path):
     _, base = http_server
     url = f"{base}/missing.zip"
-    assert one_line_error(download_file, url, tmp_path / "dl" / "x") == f"{url}: download failed: HTTP 404 File not found"
+    assert (
+        one_line_error(download_file, url, tmp_path / "dl" / "x") == f"{url}: download failed: HTTP 404 File not found"
+    )
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -130,7 +132,10 @@ def test_truncated_body_is_an_error(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/x.bin"
-        assert one_line_error(download_file, url, tmp_path / "dl" / "x") == f"{url}: download truncated: got 10 of 1000 bytes"
+        assert (
+            one_line_error(download_file, url, tmp_path / "dl" / "x")
+            == f"{url}: download truncated: got 10 of 1000 bytes"
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -146,7 +151,9 @@ def test_no_checksum_warns_with_the_actual_digest(served, tmp_path, caplog):
 
 def test_hash_prefix_from_torch_hub_names():
     assert hash_prefix_from_name("https://download.pytorch.org/models/resnet101-63fe2227.pth") == "63fe2227"
-    assert hash_prefix_from_name("https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth") == "586e9e4e"
+    assert (
+        hash_prefix_from_name("https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth") == "586e9e4e"
+    )
     assert hash_prefix_from_name("https://example.org/weights.pth") is None
 
 
@@ -178,8 +185,14 @@ def test_referit_tarball_and_split_files(http_server, tmp_path, name, mode):
     split_json = (stage / "referit_query_test.json").read_bytes()
     (stage / "referit_query_test.json").rename(root / "referit_query_test.json")
     data = tar_tree(stage, root / name, mode)
-    images = fetch_entry({"files": [{"url": f"{base}/{name}", "sha256": sha256(data), "unpack": True}]}, tmp_path / "data" / "referit_images")
-    splits = fetch_entry({"files": [{"url": f"{base}/referit_query_test.json", "sha256": sha256(split_json), "unpack": False}]}, tmp_path / "data" / "referit_splits")
+    images = fetch_entry(
+        {"files": [{"url": f"{base}/{name}", "sha256": sha256(data), "unpack": True}]},
+        tmp_path / "data" / "referit_images",
+    )
+    splits = fetch_entry(
+        {"files": [{"url": f"{base}/referit_query_test.json", "sha256": sha256(split_json), "unpack": False}]},
+        tmp_path / "data" / "referit_splits",
+    )
     assert leftovers(images) == ["images", "mask"] and leftovers(splits) == ["referit_query_test.json"]
     assert leftovers(tmp_path / "data") == ["referit_images", "referit_splits"]
     recs = load_referit(splits / "referit_query_test.json", images / "images", images / "mask", "test")
@@ -189,10 +202,12 @@ def test_referit_tarball_and_split_files(http_server, tmp_path, name, mode):
 def test_any_failure_removes_the_whole_entry(served, tmp_path):
     root, base = served
     (root / "b.json").write_text("{}")
-    spec = {"files": [
-        {"url": f"{base}/blob.bin", "sha256": sha256(PAYLOAD), "unpack": False},
-        {"url": f"{base}/b.json", "sha256": "f" * 64, "unpack": False},
-    ]}
+    spec = {
+        "files": [
+            {"url": f"{base}/blob.bin", "sha256": sha256(PAYLOAD), "unpack": False},
+            {"url": f"{base}/b.json", "sha256": "f" * 64, "unpack": False},
+        ]
+    }
     msg = one_line_error(fetch_entry, spec, tmp_path / "data" / "entry", error=ChecksumError)
     assert f"{base}/b.json: sha256 mismatch: expected {'f' * 64}, got {sha256(b'{}')}" == msg
     assert leftovers(tmp_path / "data") == []
@@ -237,7 +252,9 @@ def test_archives_escaping_the_directory_are_refused(http_server, tmp_path, make
     name = "bad.zip" if make is _zip_escape else "bad.tar.gz"
     data = make(root / name)
     out = tmp_path / "deep" / "data" / "entry"
-    msg = one_line_error(fetch_entry, {"files": [{"url": f"{base}/{name}", "sha256": sha256(data), "unpack": True}]}, out)
+    msg = one_line_error(
+        fetch_entry, {"files": [{"url": f"{base}/{name}", "sha256": sha256(data), "unpack": True}]}, out
+    )
     assert problem in msg and f"{name}: " in msg
     assert leftovers(out.parent) == []
     assert not list(tmp_path.rglob("evil.txt"))
@@ -272,8 +289,19 @@ def test_existing_entry_is_not_overwritten(served, tmp_path):
 
 def _snakemake(work: Path, config: Path, target: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-d", str(work),
-           "--cores", "1", f"--configfile={config}", target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--cores",
+        "1",
+        f"--configfile={config}",
+        target,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -304,5 +332,8 @@ def test_snakemake_download_rule(http_server, tmp_path):
     run = _snakemake(work, config_file, "data/broken")
     assert run.returncode != 0
     log = (work / "logs" / "download" / "broken.log").read_text()
-    assert log.strip().splitlines()[-1] == f"error: {base}/refcoco+.zip: sha256 mismatch: expected {'0' * 64}, got {sha256(data)}"
+    assert (
+        log.strip().splitlines()[-1]
+        == f"error: {base}/refcoco+.zip: sha256 mismatch: expected {'0' * 64}, got {sha256(data)}"
+    )
     assert leftovers(work / "data") == ["refcoco+"]

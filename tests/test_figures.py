@@ -9,13 +9,13 @@ from PIL import Image
 
 from builders import build_shapes_caches, train_tiny
 from rmi.crf import CRFParams
-from rmi.checkpoint import load_model
 from rmi.data.cache import CacheReader
 from rmi.data.dataset import ReferDataset
 from rmi.data.transforms import upsample_logits
 from rmi.figures import loss_curve, progression, progression_steps, qualitative_grid, response_maps, select_expressions
 from rmi.inference import predict_logits, predict_split
-from rmi.predictions import PredictionReader
+from rmi.model_file import load_model
+from rmi.prediction_file import PredictionReader
 
 S = 64
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from builders import make_records
 from rmi.data.cache import CacheReader, build_cache
 from rmi.errors import InputError
 from rmi.metrics import COLUMNS, evaluate_split, intersection_union, summarize
-from rmi.predictions import write_predictions
+from rmi.prediction_file import write_predictions
 from rmi.text import Vocab
 
 S = 64
@@ -32,8 +31,16 @@ def test_intersection_union_by_hand():
 
 def test_overall_and_mean_iou_differ():
     # a big object predicted well and a small one missed: overall IoU is dominated by the big one
-    frame = pd.DataFrame({"sent_id": [1, 2], "ref_id": [1, 2], "n_tokens": [3, 5],
-                          "intersection": [90, 0], "union": [100, 10], "iou": [0.9, 0.0]})
+    frame = pd.DataFrame(
+        {
+            "sent_id": [1, 2],
+            "ref_id": [1, 2],
+            "n_tokens": [3, 5],
+            "intersection": [90, 0],
+            "union": [100, 10],
+            "iou": [0.9, 0.0],
+        }
+    )
     s = summarize(frame, [0.5, 0.9, 0.95])
     assert s["overall_iou"] == pytest.approx(90 / 110)
     assert s["mean_iou"] == pytest.approx(0.45)
@@ -63,8 +70,13 @@ def test_evaluate_at_original_resolution(cache, tmp_path):
     assert (frame["iou"] > 0.6).all()  # the 17 x 23 image loses detail through 64 x 64
     assert frame["iou"].median() > 0.85
     # all-background logits: zero intersection, union = ground-truth area at the original size
-    write_predictions(tmp_path / "bg.h5", reader.sent_id, reader.image_hw[reader.image_index], S,
-                      logits=np.full((n, S // 8, S // 8), -5, np.float32))
+    write_predictions(
+        tmp_path / "bg.h5",
+        reader.sent_id,
+        reader.image_hw[reader.image_index],
+        S,
+        logits=np.full((n, S // 8, S // 8), -5, np.float32),
+    )
     frame = evaluate_split(tmp_path / "bg.h5", path)
     assert (frame["intersection"] == 0).all()
     assert list(frame["union"]) == [int(r.mask.decode().sum()) for r in records]
@@ -74,7 +86,12 @@ def test_evaluate_at_original_resolution(cache, tmp_path):
 def test_mismatched_sent_ids_are_an_error(cache, tmp_path):
     path, _ = cache
     reader = CacheReader(path)
-    write_predictions(tmp_path / "p.h5", reader.sent_id[::-1], reader.image_hw[reader.image_index], S,
-                      logits=np.zeros((len(reader), S // 8, S // 8), np.float32))
+    write_predictions(
+        tmp_path / "p.h5",
+        reader.sent_id[::-1],
+        reader.image_hw[reader.image_index],
+        S,
+        logits=np.zeros((len(reader), S // 8, S // 8), np.float32),
+    )
     with pytest.raises(InputError, match="sent_ids do not match"):
         evaluate_split(tmp_path / "p.h5", path)

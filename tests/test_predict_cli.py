@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 
 from builders import build_shapes_caches, train_tiny
-from rmi.checkpoint import load_model
 from rmi.data.cache import CacheReader
-from rmi.inference import predict_split
-from rmi.predict import predict_image
-from rmi.predictions import PredictionReader
+from rmi.inference import predict_image, predict_split
+from rmi.model_file import load_model
+from rmi.prediction_file import PredictionReader
 from rmi.text import Vocab
 
 RMI = Path(sys.executable).with_name("rmi")
@@ -42,8 +41,18 @@ def test_cli_matches_pipeline_prediction(trained, tmp_path):
     for row in (0, len(cache) - 1):
         image_file = cache.image_file(int(cache.image_index[row]))
         out, over = tmp_path / f"mask{row}.png", tmp_path / f"over{row}.png"
-        proc = rmi_predict("--checkpoint", trained["model"], "--image", image_file,
-                           "--expression", cache.sentence(row), "--out", out, "--overlay", over)
+        proc = rmi_predict(
+            "--checkpoint",
+            trained["model"],
+            "--image",
+            image_file,
+            "--expression",
+            cache.sentence(row),
+            "--out",
+            out,
+            "--overlay",
+            over,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "0 of" in proc.stdout and "words unknown" in proc.stdout
         mask = np.asarray(Image.open(out))
@@ -58,8 +67,17 @@ def test_any_image_size_grey_and_unknown_words(trained, tmp_path):
     image = tmp_path / "grey.png"
     Image.fromarray(rng.integers(0, 255, (37, 151), dtype=np.uint8)).save(image)
     out = tmp_path / "m.png"
-    proc = rmi_predict("--checkpoint", trained["model"], "--image", image, "--expression",
-                       "the zorblax circle qwfp", "--out", out, "--crf")
+    proc = rmi_predict(
+        "--checkpoint",
+        trained["model"],
+        "--image",
+        image,
+        "--expression",
+        "the zorblax circle qwfp",
+        "--out",
+        out,
+        "--crf",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 of 4 words unknown" in proc.stdout and "zorblax" in proc.stdout
     assert np.asarray(Image.open(out)).shape == (37, 151)
@@ -86,18 +104,35 @@ def test_errors_are_one_line(trained, tmp_path):
     out = tmp_path / "never.png"
     cases = [
         (("--checkpoint", tmp_path / "missing.pt", "--image", image, "--expression", "star"), "missing.pt", "missing"),
-        (("--checkpoint", bad_ckpt, "--image", image, "--expression", "star"), "bad.pt", "cannot read model checkpoint"),
+        (
+            ("--checkpoint", bad_ckpt, "--image", image, "--expression", "star"),
+            "bad.pt",
+            "cannot read model checkpoint",
+        ),
         (("--checkpoint", trained["model"], "--image", bad_image, "--expression", "star"), "bad.jpg", "corrupt"),
-        (("--checkpoint", trained["model"], "--image", tmp_path / "nope.jpg", "--expression", "star"), "nope.jpg", "missing"),
-        (("--checkpoint", trained["model"], "--image", image, "--expression", "  . "), "--expression", "empty expression"),
-        (("--checkpoint", trained["model"], "--image", image, "--expression", "star", "--vocab", other_vocab),
-         "vocab.txt", "vocabulary mismatch"),
+        (
+            ("--checkpoint", trained["model"], "--image", tmp_path / "nope.jpg", "--expression", "star"),
+            "nope.jpg",
+            "missing",
+        ),
+        (
+            ("--checkpoint", trained["model"], "--image", image, "--expression", "  . "),
+            "--expression",
+            "empty expression",
+        ),
+        (
+            ("--checkpoint", trained["model"], "--image", image, "--expression", "star", "--vocab", other_vocab),
+            "vocab.txt",
+            "vocabulary mismatch",
+        ),
     ]
     for args, where, problem in cases:
         proc = rmi_predict(*args, "--out", out)
         assert proc.returncode == 1, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and where in lines[0] and problem in lines[0], proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and where in lines[0] and problem in lines[0], (
+            proc.stderr
+        )
         assert not out.exists()
 
 
@@ -105,8 +140,23 @@ def test_module_entry_point_and_usage(trained, tmp_path):
     out = tmp_path / "m.png"
     image = tmp_path / "ok.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
-    proc = subprocess.run([sys.executable, "-m", "rmi.predict", "--checkpoint", str(trained["model"]), "--image",
-                           str(image), "--expression", "star", "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rmi.cli.predict",
+            "--checkpoint",
+            str(trained["model"]),
+            "--image",
+            str(image),
+            "--expression",
+            "star",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
     unknown = subprocess.run([str(RMI), "frobnicate"], capture_output=True, text=True)

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs, snakemake
 
 GPU_RULES = {"train", "predict", "extract_features"}
@@ -28,8 +27,14 @@ def job_resources(dry_run: str) -> list[tuple[str, dict[str, str]]]:
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("paper")
-    out = snakemake(workdir, "-n", "--profile", str(REPO / "profiles" / "slurm"), "results/table1.csv",
-                    configfile=REPO / "config" / "paper.yaml").stdout
+    out = snakemake(
+        workdir,
+        "-n",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "results/table1.csv",
+        configfile=REPO / "config" / "paper.yaml",
+    ).stdout
     return out
 
 

@@ -55,9 +55,20 @@ def annotations() -> dict[int, tuple[int, object, np.ndarray]]:
     m13 = rect(h3, w3, 1, 2, 4, 5)
     return {
         # two polygons: the mask is their union
-        11: (1, [polygon(2, 3, 8, 12), polygon(10, 20, 14, 26)], rect(h1, w1, 2, 3, 8, 12) | rect(h1, w1, 10, 20, 14, 26)),
+        11: (
+            1,
+            [polygon(2, 3, 8, 12), polygon(10, 20, 14, 26)],
+            rect(h1, w1, 2, 3, 8, 12) | rect(h1, w1, 10, 20, 14, 26),
+        ),
         # compressed RLE (string counts, as COCO JSON stores crowd masks)
-        12: (2, {"size": [h2, w2], "counts": mask_utils.encode(np.asfortranarray(m12.astype(np.uint8)))["counts"].decode("ascii")}, m12),
+        12: (
+            2,
+            {
+                "size": [h2, w2],
+                "counts": mask_utils.encode(np.asfortranarray(m12.astype(np.uint8)))["counts"].decode("ascii"),
+            },
+            m12,
+        ),
         # uncompressed RLE (list counts)
         13: (3, {"size": [h3, w3], "counts": column_major_runs(m13)}, m13),
         14: (1, [polygon(0, 0, 5, 5)], rect(h1, w1, 0, 0, 5, 5)),
@@ -76,8 +87,13 @@ REFS = [
 def make_ref(ref_id, ann_id, image_id, split, sents) -> dict:
     """A ref dict with every key the refer toolkit writes."""
     return {
-        "ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split, "category_id": 1,
-        "sent_ids": [s[0] for s in sents], "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+        "ref_id": ref_id,
+        "ann_id": ann_id,
+        "image_id": image_id,
+        "split": split,
+        "category_id": 1,
+        "sent_ids": [s[0] for s in sents],
+        "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
         "sentences": [{"sent_id": s, "sent": t, "raw": r, "tokens": t.split()} for s, t, r in sents],
     }
 
@@ -94,19 +110,40 @@ def write_refer_dataset(root: Path, name: str = "refcoco", refs=None, anns=None)
     refs = [make_ref(*r) for r in REFS] if refs is None else refs
     rng = np.random.default_rng(0)
     for image_id, (h, w) in IMAGES.items():
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(image_dir / f"COCO_train2014_{image_id:012d}.jpg")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            image_dir / f"COCO_train2014_{image_id:012d}.jpg"
+        )
     instances = {
-        "info": {}, "licenses": [], "categories": [{"id": 1, "name": "thing", "supercategory": "thing"}],
-        "images": [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": h, "width": w} for i, (h, w) in IMAGES.items()],
+        "info": {},
+        "licenses": [],
+        "categories": [{"id": 1, "name": "thing", "supercategory": "thing"}],
+        "images": [
+            {"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": h, "width": w}
+            for i, (h, w) in IMAGES.items()
+        ],
         "annotations": [
-            {"id": a, "image_id": img, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1.0, "iscrowd": int(isinstance(seg, dict)), "segmentation": seg}
+            {
+                "id": a,
+                "image_id": img,
+                "category_id": 1,
+                "bbox": [0, 0, 1, 1],
+                "area": 1.0,
+                "iscrowd": int(isinstance(seg, dict)),
+                "segmentation": seg,
+            }
             for a, (img, seg, _) in anns.items()
         ],
     }
     (refer_dir / "instances.json").write_text(json.dumps(instances))
     with open(refer_dir / "refs(unc).p", "wb") as f:
         pickle.dump(refs, f, protocol=2)
-    return {"format": "refer", "refer_dir": str(refer_dir), "split_by": "unc", "image_dir": str(image_dir), "sentence_field": "sent"}
+    return {
+        "format": "refer",
+        "refer_dir": str(refer_dir),
+        "split_by": "unc",
+        "image_dir": str(image_dir),
+        "sentence_field": "sent",
+    }
 
 
 def load(spec: dict, split: str, **kw):
@@ -241,7 +278,8 @@ def test_invalid_json(tmp_path):
 def test_empty_split_lists_the_splits_present(tmp_path):
     spec = write_refer_dataset(tmp_path)
     msg = one_line_error(load, spec, "testB")
-    assert msg == f"{Path(spec['refer_dir']) / 'refs(unc).p'}: split 'testB' has no expressions (splits present: testA, train, val)"
+    refs = Path(spec["refer_dir"]) / "refs(unc).p"
+    assert msg == f"{refs}: split 'testB' has no expressions (splits present: testA, train, val)"
 
 
 def test_missing_and_corrupt_images_are_errors_of_the_cache_builder(tmp_path):
@@ -253,5 +291,7 @@ def test_missing_and_corrupt_images_are_errors_of_the_cache_builder(tmp_path):
     msg = one_line_error(build_cache, recs, vocab, tmp_path / "a.h5", image_size=32)
     assert msg.startswith(f"{image}: corrupt or truncated image")
     image.unlink()
-    assert one_line_error(build_cache, recs, vocab, tmp_path / "a.h5", image_size=32) == f"{image}: image file is missing"
+    assert (
+        one_line_error(build_cache, recs, vocab, tmp_path / "a.h5", image_size=32) == f"{image}: image file is missing"
+    )
     assert not list(tmp_path.glob("*a.h5*"))

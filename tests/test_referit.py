@@ -53,7 +53,12 @@ def write_referit_dataset(root: Path, split: str = "test", crops=None) -> dict:
     for name in crops:
         scipy.io.savemat(root / "mask" / f"{name}.mat", {"segimg_t": (~crop_mask(name)).astype(np.uint8)})
     (root / f"referit_query_{split}.json").write_text(json.dumps({n: texts for n, (texts, _) in crops.items()}))
-    return {"format": "referit", "query_dir": str(root), "image_dir": str(root / "images"), "mask_dir": str(root / "mask")}
+    return {
+        "format": "referit",
+        "query_dir": str(root),
+        "image_dir": str(root / "images"),
+        "mask_dir": str(root / "mask"),
+    }
 
 
 def load(root: Path, split: str = "test"):
@@ -80,7 +85,14 @@ def test_records_ids_and_order(tmp_path):
 def test_through_sources_and_cache(tmp_path):
     spec = write_referit_dataset(tmp_path)
     recs = load_split(spec, "test")
-    build_cache(recs, Vocab.build(r.sentence for r in recs), tmp_path / "test.h5", image_size=32, dataset="referit", split="test")
+    build_cache(
+        recs,
+        Vocab.build(r.sentence for r in recs),
+        tmp_path / "test.h5",
+        image_size=32,
+        dataset="referit",
+        split="test",
+    )
     reader = CacheReader(tmp_path / "test.h5")
     assert list(reader.sent_id) == [700100, 700200, 700201, 1200100] and reader.n_images == 2
     np.testing.assert_array_equal(reader.original_mask(3), crop_mask("12_1"))

@@ -13,9 +13,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import snakemake
+from PIL import Image
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -54,9 +53,17 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         pytest.fail("chromium is not installed: apt-get install -y chromium")
     shot = tmp_path / "report.png"
     subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, "--window-size=1400,1000", "--virtual-time-budget=15000",
-         f"--screenshot={shot}", report.as_uri()],
-        check=True, capture_output=True, timeout=180,
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            "--window-size=1400,1000",
+            "--virtual-time-budget=15000",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
     )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (1000, 1400)

@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from builders import shapes_params
-from conftest import REPO
 from rmi.data.refer import load_refer
 from rmi.data.shapes import GROUP_A, LOCATION_WORDS, generate
 from rmi.text import tokenize
@@ -119,8 +119,14 @@ def test_cli_replaces_output_atomically(tmp_path):
     out = tmp_path / "gen"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    cmd = [sys.executable, str(REPO / "workflow_scripts" / "generate_shapes.py"),
-           "--params", json.dumps(shapes_params({"train": 3, "val": 2})), "--out-dir", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "workflow_scripts" / "generate_shapes.py"),
+        "--params",
+        json.dumps(shapes_params({"train": 3, "val": 2})),
+        "--out-dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert not (out / "stale.txt").exists() and (out / "instances.json").exists()

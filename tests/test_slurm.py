@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs, snakemake
 
 pytestmark = [
@@ -39,13 +37,23 @@ def local_overrides() -> list[str]:
             resources.append(f"{rule}:{key}={value}")
     threads = [f"{rule}=2" for rule in profile["set-threads"]]
     return [
-        "--profile", str(PROFILE),
-        "--default-resources", "slurm_partition=debug", "mem_mb=1500", "runtime=30",
-        "--set-resources", *resources,
-        "--set-threads", *threads,
-        "--slurm-status-command", "squeue",  # no accounting database on the test cluster
+        "--profile",
+        str(PROFILE),
+        "--default-resources",
+        "slurm_partition=debug",
+        "mem_mb=1500",
+        "runtime=30",
+        "--set-resources",
+        *resources,
+        "--set-threads",
+        *threads,
+        "--slurm-status-command",
+        "squeue",  # no accounting database on the test cluster
         "--slurm-keep-successful-logs",  # the plugin deletes the logs of successful jobs by default
-        "--latency-wait", "10", "--retries", "0",
+        "--latency-wait",
+        "10",
+        "--retries",
+        "0",
     ]
 
 
@@ -65,7 +73,7 @@ def test_tiny_dag_runs_as_slurm_jobs(completed_tiny_run, tmp_path):
     logs = workdir / ".snakemake" / "slurm_logs"
     submitted = {}
     for log in logs.rglob("*.log"):
-        rule = next(p for p in log.relative_to(logs).parts if p.startswith("rule_"))[len("rule_"):]
+        rule = next(p for p in log.relative_to(logs).parts if p.startswith("rule_"))[len("rule_") :]
         submitted.setdefault(rule, []).append(log.stem)
     expected = {rule: n for rule, n in plan.items() if rule not in LOCAL_RULES}
     assert {rule: len(ids) for rule, ids in submitted.items()} == expected

@@ -30,9 +30,16 @@ def metrics_dir(tmp_path, rng):
                 n = 40
                 union = rng.integers(50, 500, n)
                 inter = (union * rng.uniform(0, 1, n)).astype(int)
-                frame = pd.DataFrame({"sent_id": np.arange(n), "ref_id": np.arange(n) // 2,
-                                      "n_tokens": rng.integers(1, 12, n), "intersection": inter,
-                                      "union": union, "iou": inter / union})
+                frame = pd.DataFrame(
+                    {
+                        "sent_id": np.arange(n),
+                        "ref_id": np.arange(n) // 2,
+                        "n_tokens": rng.integers(1, 12, n),
+                        "intersection": inter,
+                        "union": union,
+                        "iou": inter / union,
+                    }
+                )
                 (root / dataset / model).mkdir(parents=True, exist_ok=True)
                 frame.to_csv(root / dataset / model / f"{split}.csv", index=False)
     return root
@@ -46,9 +53,17 @@ def test_table1_recomputes_from_csvs(metrics_dir, tmp_path):
     write_tables(SPEC, metrics_dir, tmp_path / "out")
     t1 = pd.read_csv(tmp_path / "out" / "table1.csv")
     assert list(t1.columns) == ["model", "unc val", "unc testA", "referit test"]
-    assert list(t1["model"]) == ["R+LSTM", "R+RMI", "R+LSTM+DCRF", "R+RMI+DCRF",
-                                 "D+LSTM", "D+RMI", "D+LSTM+DCRF", "D+RMI+DCRF"]
-    rows = dict(zip(t1["model"], MODELS))
+    assert list(t1["model"]) == [
+        "R+LSTM",
+        "R+RMI",
+        "R+LSTM+DCRF",
+        "R+RMI+DCRF",
+        "D+LSTM",
+        "D+RMI",
+        "D+LSTM+DCRF",
+        "D+RMI+DCRF",
+    ]
+    rows = dict(zip(t1["model"], MODELS, strict=True))
     for _, row in t1.iterrows():
         for col in t1.columns[1:]:
             dataset, split = col.split()

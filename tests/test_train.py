@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from builders import build_shapes_caches
-from rmi.checkpoint import load_model
 from rmi.data.cache import CacheReader
 from rmi.features import extract_features
 from rmi.inference import predict_split
 from rmi.metrics import evaluate_split, intersection_union, summarize
+from rmi.model_file import load_model
 from rmi.train import PREEMPTED_EXIT_CODE, TrainJob, poly_lr_factor, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,16 +44,30 @@ def hparams(fusion: str, steps: int, freeze: bool = False, **train) -> dict:
         "backbone_cfg": {"pretrained": False, "freeze_trunk": freeze, "weights_path": None},
         "model": {"visual_dim": 32, "embed_dim": 32, "lstm_dim": 32, "mlstm_dim": 32, "mlp_dim": 32},
         "train": {
-            "steps": steps, "batch_size": 8, "lr": 3e-3, "lr_end": 1e-5, "lr_power": 0.9,
-            "weight_decay": 5e-4, "bias_lr_mult": 1.0, "group_by_image": True, "amp": True, **train,
+            "steps": steps,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "lr_end": 1e-5,
+            "lr_power": 0.9,
+            "weight_decay": 5e-4,
+            "bias_lr_mult": 1.0,
+            "group_by_image": True,
+            "amp": True,
+            **train,
         },
     }
 
 
 def job(caches, out: Path, hp: dict, **kw) -> TrainJob:
     return TrainJob(
-        cache=caches["train"], vocab=caches["vocab"], hparams=hp, out_model=out / "model.pt",
-        out_log=out / "train_log.csv", checkpoint_dir=out / "ckpt", progress=False, **kw,
+        cache=caches["train"],
+        vocab=caches["vocab"],
+        hparams=hp,
+        out_model=out / "model.pt",
+        out_log=out / "train_log.csv",
+        checkpoint_dir=out / "ckpt",
+        progress=False,
+        **kw,
     )
 
 
@@ -68,7 +82,7 @@ def box_prior_iou(cache_path: Path) -> float:
             h, w = gt.shape
             box = np.zeros_like(gt)
             dy, dx = int(h * (1 - share) / 2), int(w * (1 - share) / 2)
-            box[dy:h - dy, dx:w - dx] = True
+            box[dy : h - dy, dx : w - dx] = True
             a, b = intersection_union(box, gt)
             inter, union = inter + a, union + b
         best = max(best, inter / union)
@@ -106,10 +120,26 @@ def test_poly_lr_schedule():
 
 def _cli(caches, out: Path, hp: dict, every: int) -> list[str]:
     return [
-        sys.executable, str(REPO / "workflow_scripts" / "train.py"), "--cache", str(caches["train"]),
-        "--vocab", str(caches["vocab"]), "--hparams", json.dumps(hp), "--checkpoint-dir", str(out / "ckpt"),
-        "--checkpoint-every", str(every), "--threads", "1", "--device", "cpu",
-        "--out-model", str(out / "model.pt"), "--out-log", str(out / "train_log.csv"),
+        sys.executable,
+        str(REPO / "workflow_scripts" / "train.py"),
+        "--cache",
+        str(caches["train"]),
+        "--vocab",
+        str(caches["vocab"]),
+        "--hparams",
+        json.dumps(hp),
+        "--checkpoint-dir",
+        str(out / "ckpt"),
+        "--checkpoint-every",
+        str(every),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--out-model",
+        str(out / "model.pt"),
+        "--out-log",
+        str(out / "train_log.csv"),
     ]
 
 

@@ -8,7 +8,6 @@ import h5py
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake
 
 MODELS = ["tiny_lstm", "tiny_rmi", "tiny_lstm_dcrf", "tiny_rmi_dcrf"]
@@ -44,7 +43,12 @@ def test_contract_files(completed_tiny_run):
 def test_table1_is_pure_aggregation(completed_tiny_run):
     res = completed_tiny_run / "results"
     table = pd.read_csv(res / "table1.csv").set_index("model")
-    letters = {"tiny_lstm": "T+LSTM", "tiny_rmi": "T+RMI", "tiny_lstm_dcrf": "T+LSTM+DCRF", "tiny_rmi_dcrf": "T+RMI+DCRF"}
+    letters = {
+        "tiny_lstm": "T+LSTM",
+        "tiny_rmi": "T+RMI",
+        "tiny_lstm_dcrf": "T+LSTM+DCRF",
+        "tiny_rmi_dcrf": "T+RMI+DCRF",
+    }
     for model, row in letters.items():
         for split in SPLITS:
             m = pd.read_csv(res / "metrics" / "shapes" / model / f"{split}.csv")

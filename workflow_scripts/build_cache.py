@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.data.cache import build_cache
 from rmi.data.sources import load_split
 from rmi.text import Vocab

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.data.download import fetch_entry
 
 

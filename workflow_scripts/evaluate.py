@@ -4,7 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.fileio import write_json, write_text
 from rmi.metrics import evaluate_split, summarize
 

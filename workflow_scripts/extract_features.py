@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.features import extract_features
 
 
@@ -21,8 +21,15 @@ def main(argv=None):
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args(argv)
     extract_features(
-        a.cache, a.out, a.backbone, json.loads(a.backbone_cfg), a.visual_dim,
-        weights_path=a.weights or None, batch_size=a.batch_size, device=a.device, threads=a.threads,
+        a.cache,
+        a.out,
+        a.backbone,
+        json.loads(a.backbone_cfg),
+        a.visual_dim,
+        weights_path=a.weights or None,
+        batch_size=a.batch_size,
+        device=a.device,
+        threads=a.threads,
     )
 
 

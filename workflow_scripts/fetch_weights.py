@@ -1,25 +1,15 @@
-"""Fetch ImageNet ResNet-101 or DeepLabV3-ResNet101 weights, checking the sha256 prefix in the file name (rule fetch_weights)."""
+"""Fetch ImageNet ResNet-101 or DeepLabV3-ResNet101 weights, checking the sha256 prefix in the file
+name (rule fetch_weights)."""
 
 import argparse
 import logging
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.data.download import download_file, hash_prefix_from_name
+from rmi.models.backbones import torchvision_weights
 
 log = logging.getLogger("fetch_weights")
-
-
-def default_url(backbone: str) -> str:
-    """torchvision's URL: ResNet101 IMAGENET1K_V1 (R) or DeepLabV3-ResNet101 COCO_WITH_VOC_LABELS_V1 (D)."""
-    from torchvision.models import ResNet101_Weights
-    from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights
-
-    weights = {
-        "resnet101": ResNet101_Weights.IMAGENET1K_V1,
-        "deeplab101": DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-    }
-    return weights[backbone].url
 
 
 def main(argv=None):
@@ -28,7 +18,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, type=Path, help="weights file to write (.pth)")
     p.add_argument("--url", default=None, help="override torchvision's URL (a mirror; file:// works)")
     a = p.parse_args(argv)
-    url = a.url or default_url(a.backbone)
+    url = a.url or torchvision_weights(a.backbone).url
     prefix = hash_prefix_from_name(url)
     if prefix is None:
         log.warning("%s carries no '-<sha256 prefix>.' in its name: the download cannot be verified", url)

@@ -5,12 +5,12 @@ import json
 import logging
 from pathlib import Path
 
-from rmi.cli_common import run_cli
-from rmi.checkpoint import load_model
+from rmi.cli.common import run_cli
 from rmi.crf import CRFParams
 from rmi.data.cache import CacheReader
 from rmi.figures import progression, qualitative_grid, response_maps, select_expressions
-from rmi.predictions import PredictionReader
+from rmi.model_file import load_model
+from rmi.prediction_file import PredictionReader
 
 log = logging.getLogger("figures")
 
@@ -35,7 +35,7 @@ def main(argv=None):
     if len(rows) != len(a.progression) or len(rows) != len(a.response):
         raise SystemExit(f"{len(rows)} expressions selected but {len(a.progression)} output files given")
     crf = CRFParams.from_dict(json.loads(a.crf))
-    for row, prog, resp in zip(rows, a.progression, a.response):
+    for row, prog, resp in zip(rows, a.progression, a.response, strict=True):
         log.info("expression %d: %s", int(cache.sent_id[row]), cache.sentence(row))
         progression(models, cache, row, prog)
         response_maps(models["RMI"], cache, row, crf, resp)

@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.data.shapes import generate
 
 log = logging.getLogger("generate_shapes")

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.figures import loss_curve
 
 

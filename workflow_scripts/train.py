@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 from rmi.train import TrainJob, run
 
 
@@ -12,7 +12,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cache", required=True, type=Path, help="training split cache (.h5)")
     p.add_argument("--vocab", required=True, type=Path)
-    p.add_argument("--hparams", required=True, help="JSON: seed, image_size, backbone, fusion, backbone_cfg, model, train")
+    p.add_argument(
+        "--hparams", required=True, help="JSON: seed, image_size, backbone, fusion, backbone_cfg, model, train"
+    )
     p.add_argument("--weights", default="", help="pretrained backbone weights file ('' = none/torchvision)")
     p.add_argument("--features", default="", help="cached trunk features (.h5, '' = compute the trunk)")
     p.add_argument("--checkpoint-dir", required=True, type=Path)

@@ -35,15 +35,15 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from rmi.data.h5 import LazyH5
 from rmi.data.masks import rle_decode, rle_encode
 from rmi.data.records import Expression
 from rmi.data.transforms import OUTPUT_STRIDE, PadGeometry, cell_grid, resize_and_pad_image, resize_and_pad_mask
@@ -101,7 +101,9 @@ def build_cache(
         tokens = tokenize(rec.sentence)
         if not has_word(tokens):
             skipped["empty expression"] += 1
-            log.warning("skipping sent_id %s (ref %s): expression %r has no word", rec.sent_id, rec.ref_id, rec.sentence)
+            log.warning(
+                "skipping sent_id %s (ref %s): expression %r has no word", rec.sent_id, rec.ref_id, rec.sentence
+            )
             continue
         kept.append((rec, tokens))
 
@@ -169,7 +171,7 @@ def build_cache(
             f["image_hw"] = image_hw
 
             ref_image = np.array([image_rows[r.image_id] for r in ref_records], np.int32)
-            for r, (rec, m) in enumerate(zip(ref_records, ref_masks_orig)):
+            for r, (rec, m) in enumerate(zip(ref_records, ref_masks_orig, strict=True)):
                 if tuple(m.shape) != tuple(image_hw[ref_image[r]]):
                     raise InputError(
                         rec.mask.where,
@@ -203,17 +205,12 @@ def build_cache(
     return attrs
 
 
-class CacheReader:
-    """Random access to a cache file; opens its h5py handle lazily, once per process.
-
-    Safe to use from DataLoader workers: a handle opened in a parent process is never reused
-    in a forked child (h5py handles must not cross ``fork``).
-    """
+class CacheReader(LazyH5):
+    """Random access to a cache file; its h5py handle is opened lazily, once per process
+    (``LazyH5``), so a reader can be handed to DataLoader workers."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._file: h5py.File | None = None
-        self._pid: int | None = None
+        super().__init__(path, "cache")
         f = self.file
         if f.attrs.get("format_version") != FORMAT_VERSION:
             raise InputError(self.path, f"cache format {f.attrs.get('format_version')} != {FORMAT_VERSION}; rebuild it")
@@ -229,29 +226,16 @@ class CacheReader:
         self.ref_id = f["ref_id"][()]
         self.image_hw = f["image_hw"][()]
 
-    @property
-    def file(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            try:
-                self._file = h5py.File(self.path, "r")
-            except OSError as err:
-                raise InputError(self.path, f"cannot open cache ({err})") from err
-            self._pid = os.getpid()
-        return self._file
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_file"] = None
-        state["_pid"] = None
-        return state
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
     def __len__(self) -> int:
         return len(self.sent_id)
+
+    def check_compatible(self, vocab: Vocab, image_size: int, reader: str) -> None:
+        """``reader`` (a model or a training config) can only use a cache tokenized with its
+        vocabulary at its image size; otherwise a one-line ``InputError`` naming this cache."""
+        if self.attrs.get("vocab_sha1") != vocab.digest():
+            raise InputError(self.path, f"was tokenized with another vocabulary than {reader}; rebuild the cache")
+        if self.image_size != int(image_size):
+            raise InputError(self.path, f"image size {self.image_size} differs from {reader} ({image_size})")
 
     @property
     def n_images(self) -> int:

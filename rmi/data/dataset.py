@@ -15,39 +15,26 @@ The frozen trunk runs on the U images only; ``image_of`` gathers its output per 
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from rmi.data.cache import CacheReader
+from rmi.data.h5 import LazyH5
 from rmi.errors import InputError
 
 
-class FeatureReader:
-    """Lazily opened, fork-safe reader of a trunk-feature file (``features (N_img, C, h, w) fp16``)."""
+class FeatureReader(LazyH5):
+    """Reader of a trunk-feature file (``features (N_img, C, h, w) fp16``), opened lazily per process."""
 
     def __init__(self, path: str | Path, n_images: int):
-        self.path = Path(path)
-        self._file: h5py.File | None = None
-        self._pid: int | None = None
+        super().__init__(path, "feature file")
         n = len(self.file["features"])
         if n != n_images:
             raise InputError(self.path, f"holds features of {n} images, the cache has {n_images}")
-
-    @property
-    def file(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._file
-
-    def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None}
 
     def read(self, image_indices: Sequence[int]) -> np.ndarray:
         """``(U, C, h, w) float32`` features of the given images."""
@@ -104,7 +91,9 @@ class StepBatchSampler(Sampler[list[int]]):
     ``ceil(N / batch_size)`` batches, so step ``k`` is batch ``k % n`` of epoch ``k // n``.
     """
 
-    def __init__(self, image_index: np.ndarray, batch_size: int, seed: int, group_by_image: bool = True, start_step: int = 0):
+    def __init__(
+        self, image_index: np.ndarray, batch_size: int, seed: int, group_by_image: bool = True, start_step: int = 0
+    ):
         if len(image_index) == 0:
             raise ValueError("no expressions to sample")
         self.image_index = np.asarray(image_index)
@@ -131,11 +120,11 @@ class StepBatchSampler(Sampler[list[int]]):
         while True:
             order = self.epoch_order(epoch)
             for b in range(offset, self.batches_per_epoch):
-                yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+                yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
             epoch, offset = epoch + 1, 0
 
 
 def sequential_batches(image_index: np.ndarray, batch_size: int) -> list[list[int]]:
     """All rows once, grouped by image (for inference): batches of ``batch_size`` rows."""
     order = np.argsort(np.asarray(image_index), kind="stable")
-    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]

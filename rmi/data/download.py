@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from rmi.errors import ChecksumError, InputError
-from rmi.fileio import atomic_path
+from rmi.fileio import atomic_path, current_umask
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def _verify(url: str, actual: dict[str, str], sha256: str | None, md5: str | Non
     if not configured:
         log.warning(
             "UNVERIFIED download %s: no checksum configured; its sha256 is %s (pin it in the config)",
-            url, actual["sha256"],
+            url,
+            actual["sha256"],
         )
 
 
@@ -126,7 +127,9 @@ def _check_member(archive: Path, root: Path, name: str) -> None:
     """Refuse an archive member whose name is absolute or escapes ``root`` (``..``)."""
     target = (root / name).resolve()
     if PurePosixPath(name).is_absolute() or (target != root and root not in target.parents):
-        raise InputError(archive, f"refusing archive member {name!r}: it would be extracted outside the target directory")
+        raise InputError(
+            archive, f"refusing archive member {name!r}: it would be extracted outside the target directory"
+        )
 
 
 def unpack_archive(archive: Path, root: Path) -> None:
@@ -155,13 +158,6 @@ def unpack_archive(archive: Path, root: Path) -> None:
         raise InputError(archive, f"cannot unpack archive ({type(err).__name__}: {err})") from err
 
 
-def _umask() -> int:
-    """The process umask (reading it requires setting it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _file_name(url: str) -> str:
     name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
     if not name or name in (".", ".."):
@@ -186,13 +182,15 @@ def fetch_entry(spec: dict, out_dir: str | Path) -> Path:
         out_dir.rmdir()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the data is shared like any output
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the data is shared like any output
     try:
         for entry in spec["files"]:
             url = entry["url"]
             dest = tmp / _file_name(url)
             if dest.exists():
-                raise InputError(url, f"{dest.name} already exists in this download entry (two URLs with one file name?)")
+                raise InputError(
+                    url, f"{dest.name} already exists in this download entry (two URLs with one file name?)"
+                )
             download_file(url, dest, sha256=entry.get("sha256"), md5=entry.get("md5"))
             if entry.get("unpack"):
                 log.info("unpacking %s", dest.name)

@@ -34,9 +34,16 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refuses global {module}.{name} (refs must be plain lists and dicts)")
 
 
+def coco_file_name(image_id: int, ann_id: int | None = None) -> str:
+    """COCO train2014 image file name ``COCO_train2014_<image_id:012d>.jpg`` (with ``ann_id``: the
+    ``..._<ann_id>.jpg`` crop name a ref's ``file_name`` holds)."""
+    suffix = "" if ann_id is None else f"_{int(ann_id)}"
+    return f"COCO_train2014_{int(image_id):012d}{suffix}.jpg"
+
+
 def coco_image_path(image_dir: Path, image_id: int) -> Path:
-    """``image_dir / COCO_train2014_<image_id:012d>.jpg``."""
-    return Path(image_dir) / f"COCO_train2014_{int(image_id):012d}.jpg"
+    """``image_dir / coco_file_name(image_id)``."""
+    return Path(image_dir) / coco_file_name(image_id)
 
 
 def read_json(path: Path):
@@ -70,7 +77,9 @@ def read_refs(path: Path) -> list[dict]:
         if missing:
             raise InputError(path, f"ref {ref.get('ref_id', f'#{i}')} lacks key {missing[0]!r}")
         if not isinstance(ref["sentences"], list):
-            raise InputError(path, f"ref {ref['ref_id']}: 'sentences' is a {type(ref['sentences']).__name__}, not a list")
+            raise InputError(
+                path, f"ref {ref['ref_id']}: 'sentences' is a {type(ref['sentences']).__name__}, not a list"
+            )
     return refs
 
 
@@ -134,7 +143,9 @@ def load_refer(
         if ann is None:
             raise InputError(refs_path, f"ref {ref_id}: ann_id {ann_id} is not in {inst_path}")
         if int(ann["image_id"]) != image_id:
-            raise InputError(refs_path, f"ref {ref_id}: image_id {image_id} but ann {ann_id} is on image {ann['image_id']}")
+            raise InputError(
+                refs_path, f"ref {ref_id}: image_id {image_id} but ann {ann_id} is on image {ann['image_id']}"
+            )
         image = images.get(image_id)
         if image is None:
             raise InputError(refs_path, f"ref {ref_id}: image_id {image_id} is not in {inst_path}")
@@ -154,5 +165,7 @@ def load_refer(
             records.append(Expression(sent_id, ref_id, image_id, path, text, mask, split))
     if not records:
         splits = sorted({str(r["split"]) for r in refs})
-        raise InputError(refs_path, f"split {split!r} has no expressions (splits present: {', '.join(splits) or 'none'})")
+        raise InputError(
+            refs_path, f"split {split!r} has no expressions (splits present: {', '.join(splits) or 'none'})"
+        )
     return records

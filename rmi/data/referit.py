@@ -34,7 +34,9 @@ def parse_crop(query_file: Path, name: str) -> tuple[int, int]:
 
 
 def _splits_present(query_file: Path) -> str:
-    names = sorted(p.name[len("referit_query_"):-len(".json")] for p in query_file.parent.glob("referit_query_*.json"))
+    names = sorted(
+        p.name[len("referit_query_") : -len(".json")] for p in query_file.parent.glob("referit_query_*.json")
+    )
     return ", ".join(names) or "none"
 
 
@@ -53,7 +55,9 @@ def load_referit(query_file: Path, image_dir: Path, mask_dir: Path, split: str) 
         raise InputError(query_file, f"file is missing (split files present: {_splits_present(query_file)})")
     queries = read_json(query_file)
     if not isinstance(queries, dict):
-        raise InputError(query_file, f"expected a JSON object mapping crop names to expressions, got {type(queries).__name__}")
+        raise InputError(
+            query_file, f"expected a JSON object mapping crop names to expressions, got {type(queries).__name__}"
+        )
 
     crops = sorted((*parse_crop(query_file, name), name) for name in queries)
     records: list[Expression] = []
@@ -66,12 +70,19 @@ def load_referit(query_file: Path, image_dir: Path, mask_dir: Path, split: str) 
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise InputError(query_file, f"crop {name!r}: expected a list of strings")
         if len(texts) > MAX_EXPRESSIONS_PER_CROP:
-            raise InputError(query_file, f"crop {name!r}: more than {MAX_EXPRESSIONS_PER_CROP} expressions would make sent_id collide")
+            raise InputError(
+                query_file,
+                f"crop {name!r}: more than {MAX_EXPRESSIONS_PER_CROP} expressions would make sent_id collide",
+            )
         ref_id = image_id * MAX_CROPS_PER_IMAGE + k
         image_path = image_dir / f"{name.partition('_')[0]}.jpg"
         mask = MatFileMask(mask_dir / f"{name}.mat", key=name)
         for j, text in enumerate(texts):
-            records.append(Expression(ref_id * MAX_EXPRESSIONS_PER_CROP + j, ref_id, image_id, image_path, text, mask, split))
+            records.append(
+                Expression(ref_id * MAX_EXPRESSIONS_PER_CROP + j, ref_id, image_id, image_path, text, mask, split)
+            )
     if not records:
-        raise InputError(query_file, f"split {split!r} has no expressions (split files present: {_splits_present(query_file)})")
+        raise InputError(
+            query_file, f"split {split!r} has no expressions (split files present: {_splits_present(query_file)})"
+        )
     return records

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from rmi.data.refer import coco_file_name
 from rmi.text import tokenize
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,12 @@ LOCATIONS = {
     "bottom": ("bottom", "at the bottom", "at the bottom of the picture"),
 }
 LONG_NOUNS = {
-    "circle": "round circle", "ellipse": "oval shaped ellipse", "ring": "hollow ring",
-    "square": "square block", "triangle": "pointy triangle", "star": "five pointed star",
+    "circle": "round circle",
+    "ellipse": "oval shaped ellipse",
+    "ring": "hollow ring",
+    "square": "square block",
+    "triangle": "pointy triangle",
+    "star": "five pointed star",
     "diamond": "diamond shape",
 }
 
@@ -135,8 +140,11 @@ def _draw_shape(
         return _ellipse_mask(cx, cy, r, r, h, w), None
     if category == "ellipse":
         ratio = rng.uniform(0.45, 0.65)
-        return (_ellipse_mask(cx, cy, r, r * ratio, h, w) if rng.random() < 0.5
-                else _ellipse_mask(cx, cy, r * ratio, r, h, w)), None
+        return (
+            _ellipse_mask(cx, cy, r, r * ratio, h, w)
+            if rng.random() < 0.5
+            else _ellipse_mask(cx, cy, r * ratio, r, h, w)
+        ), None
     if category == "ring":
         return _ellipse_mask(cx, cy, r, r, h, w, hole=0.55), None
     if category == "square":
@@ -232,7 +240,9 @@ def _relative_size(target: int, candidates: list[int], shapes: list[Shape]) -> s
     return None
 
 
-def _descriptions(target: int, shapes: list[Shape], h: int, w: int, colour_ok: bool, location_ok: bool, rng) -> dict | None:
+def _descriptions(
+    target: int, shapes: list[Shape], h: int, w: int, colour_ok: bool, location_ok: bool, rng
+) -> dict | None:
     """A minimal set of attributes that singles ``target`` out, or None if there is none.
 
     Returns ``{"colour": bool, "size": str|None, "loc": str|None}``; among several minimal sets
@@ -241,7 +251,7 @@ def _descriptions(target: int, shapes: list[Shape], h: int, w: int, colour_ok: b
     t = shapes[target]
     same_cat = [i for i, s in enumerate(shapes) if s.category == t.category]
     options = []
-    for use_colour in ([False, True] if colour_ok else [False]):
+    for use_colour in [False, True] if colour_ok else [False]:
         cands = [i for i in same_cat if not use_colour or shapes[i].colour == t.colour]
         if cands == [target]:
             options.append((int(use_colour), {"colour": use_colour, "size": None, "loc": None}))
@@ -278,17 +288,31 @@ def _absolute_location(shape: Shape, h: int, w: int) -> str | None:
     return None
 
 
-def _variants(target: int, d: dict, shapes: list[Shape], h: int, w: int, colour_ok: bool, location_ok: bool) -> list[str]:
+def _variants(
+    target: int, d: dict, shapes: list[Shape], h: int, w: int, colour_ok: bool, location_ok: bool
+) -> list[str]:
     """Expressions of increasing length for one minimal description ``d`` (all true and unique)."""
     t = shapes[target]
     colour = t.colour if d["colour"] else ""
     size = d["size"] or ""
     core = " ".join(x for x in (size, colour, t.category) if x)
     noun = "one" if t.category == "diamond" else "shape"
-    out = [core, f"the {core}", f"{core} {noun}", f"the {core} {noun}", f"{'an' if core[0] in 'aeiou' else 'a'} {core} in the picture"]
+    out = [
+        core,
+        f"the {core}",
+        f"{core} {noun}",
+        f"the {core} {noun}",
+        f"{'an' if core[0] in 'aeiou' else 'a'} {core} in the picture",
+    ]
     if d["loc"]:
         adj, short, _ = LOCATIONS[d["loc"]]
-        out = [f"{adj} {core}", f"the {adj} {core}", f"the {core} {short}", f"{core} {short}", f"the {adj} {core} {noun}"]
+        out = [
+            f"{adj} {core}",
+            f"the {adj} {core}",
+            f"the {core} {short}",
+            f"{core} {short}",
+            f"the {adj} {core} {noun}",
+        ]
     # long: every true attribute, with long phrasing
     words = ["the"]
     if size:
@@ -368,7 +392,9 @@ def generate(params: dict, out_dir: str | Path) -> dict:
     n_min, n_max = (int(v) for v in params.get("objects", DEFAULT_OBJECTS))
     scale = tuple(float(v) for v in params.get("object_scale", DEFAULT_SCALE))
     if not 2 <= n_min <= n_max or not 0 < scale[0] <= scale[1] < 0.5:
-        raise ValueError(f"need 2 <= objects[0] <= objects[1] and 0 < object_scale[0] <= object_scale[1] < 0.5, got {params}")
+        raise ValueError(
+            f"need 2 <= objects[0] <= objects[1] and 0 < object_scale[0] <= object_scale[1] < 0.5, got {params}"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -398,17 +424,21 @@ def generate(params: dict, out_dir: str | Path) -> dict:
                         break
                 pixels = _render(rng, h, w, shapes)
                 pil = Image.fromarray(pixels)
-                (pil.convert("L") if gray else pil).save(
-                    tmp / "images" / f"COCO_train2014_{image_id:012d}.jpg", quality=90
-                )
-                images.append({"id": image_id, "file_name": f"COCO_train2014_{image_id:012d}.jpg", "height": h, "width": w})
+                (pil.convert("L") if gray else pil).save(tmp / "images" / coco_file_name(image_id), quality=90)
+                images.append({"id": image_id, "file_name": coco_file_name(image_id), "height": h, "width": w})
                 ann_ids = []
                 for s in shapes:
-                    annotations.append({
-                        "id": ann_id, "image_id": image_id, "category_id": CATEGORIES.index(s.category) + 1,
-                        "segmentation": _segmentation(s, h, w), "area": float(s.area), "bbox": _bbox(s.visible),
-                        "iscrowd": 0,
-                    })
+                    annotations.append(
+                        {
+                            "id": ann_id,
+                            "image_id": image_id,
+                            "category_id": CATEGORIES.index(s.category) + 1,
+                            "segmentation": _segmentation(s, h, w),
+                            "area": float(s.area),
+                            "bbox": _bbox(s.visible),
+                            "iscrowd": 0,
+                        }
+                    )
                     ann_ids.append(ann_id)
                     ann_id += 1
                 keep = [t for t in targets if rng.random() < 0.75] or [targets[rng.integers(len(targets))]]
@@ -426,12 +456,18 @@ def generate(params: dict, out_dir: str | Path) -> dict:
                         sentences.append({"tokens": tokens, "raw": raw, "sent_id": sent_id, "sent": " ".join(tokens)})
                         lengths.append(len(tokens))
                         sent_id += 1
-                    refs.append({
-                        "ref_id": ref_id, "ann_id": ann_ids[i], "image_id": image_id, "split": split,
-                        "category_id": CATEGORIES.index(shapes[i].category) + 1,
-                        "file_name": f"COCO_train2014_{image_id:012d}_{ann_ids[i]}.jpg",
-                        "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
-                    })
+                    refs.append(
+                        {
+                            "ref_id": ref_id,
+                            "ann_id": ann_ids[i],
+                            "image_id": image_id,
+                            "split": split,
+                            "category_id": CATEGORIES.index(shapes[i].category) + 1,
+                            "file_name": coco_file_name(image_id, ann_ids[i]),
+                            "sent_ids": [s["sent_id"] for s in sentences],
+                            "sentences": sentences,
+                        }
+                    )
                     counts["refs"] += 1
                     counts["expressions"] += len(sentences)
                     ref_id += 1
@@ -442,12 +478,14 @@ def generate(params: dict, out_dir: str | Path) -> dict:
         instances = {
             "images": images,
             "annotations": annotations,
-            "categories": [{"id": k + 1, "name": c, "supercategory": "round" if c in GROUP_A else "angular"}
-                           for k, c in enumerate(CATEGORIES)],
+            "categories": [
+                {"id": k + 1, "name": c, "supercategory": "round" if c in GROUP_A else "angular"}
+                for k, c in enumerate(CATEGORIES)
+            ],
         }
         (tmp / "instances.json").write_text(json.dumps(instances, separators=(",", ":")))
         hist = np.bincount([_bucket(n) for n in lengths], minlength=4) / max(1, len(lengths))
-        summary["buckets"] = {b: round(float(v), 4) for b, v in zip(("1-2", "3", "4-5", "6-20"), hist)}
+        summary["buckets"] = {b: round(float(v), 4) for b, v in zip(("1-2", "3", "4-5", "6-20"), hist, strict=True)}
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

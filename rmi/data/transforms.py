@@ -32,7 +32,7 @@ class PadGeometry:
     left: int
 
     @classmethod
-    def of(cls, height: int, width: int, size: int) -> "PadGeometry":
+    def of(cls, height: int, width: int, size: int) -> PadGeometry:
         """Geometry of the official ``resize_and_pad`` for an ``height x width`` input."""
         if height <= 0 or width <= 0:
             raise ValueError(f"image size must be positive, got {height}x{width}")

@@ -50,7 +50,7 @@ class Trunk(nn.Module):
         self.requires_grad_(not frozen)
         self.train(True)
 
-    def train(self, mode: bool = True) -> "Trunk":
+    def train(self, mode: bool = True) -> Trunk:
         """Like ``nn.Module.train``, but a frozen trunk always stays in eval mode."""
         return super().train(mode and not self.frozen)
 
@@ -124,16 +124,22 @@ def tiny_body(widths: tuple[int, int, int] = TINY_WIDTHS) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def torchvision_weights(name: str) -> torchvision.models.WeightsEnum:
+    """The torchvision weights of a pretrained backbone: ResNet-101 ``IMAGENET1K_V1`` (R) or
+    DeepLabV3-ResNet101 ``COCO_WITH_VOC_LABELS_V1`` (D)."""
+    return {
+        "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+        "deeplab101": torchvision.models.segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+    }[name]
+
+
 def pretrained_state_dict(name: str) -> dict[str, Tensor]:
     """The torchvision state_dict of ``resnet101`` / ``deeplab101`` through the weights API.
 
     Downloads into torch's hub cache (or reads it from there); raises ``InputError`` with one
     line saying how to provide the file when that fails (no network).
     """
-    weights = {
-        "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-        "deeplab101": torchvision.models.segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-    }[name]
+    weights = torchvision_weights(name)
     try:
         return weights.get_state_dict(progress=False)
     except Exception as err:  # URLError, HTTPError, OSError, RuntimeError (hash), ...

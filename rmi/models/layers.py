@@ -12,7 +12,7 @@ so one scan serves both (the mLSTM is an LSTM cell shared over pixels, i.e. a 1x
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn

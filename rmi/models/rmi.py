@@ -12,7 +12,7 @@ recurrent ``W_h h`` (a 1x1 conv) are added.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -67,8 +67,7 @@ class RMIFusion(nn.Module):
 
     def forward(self, tokens: Tensor, visual: Tensor, image_of: Tensor) -> Tensor:
         """``tokens (B, T >= 1)``, ``visual (U, Dv, H, W)`` (L2-normalised), ``image_of (B,)`` -> ``(B, 1, H, W)``."""
-        for h in self._states(tokens, visual, image_of):
-            pass
+        *_, h = self._states(tokens, visual, image_of)
         return self.classifier(torch.relu(squash(h)))
 
     def forward_steps(self, tokens: Tensor, visual: Tensor, image_of: Tensor) -> dict[str, Tensor]:

@@ -7,7 +7,6 @@ skipped when cached ``trunk_features`` are given).
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 

@@ -29,7 +29,8 @@ from rmi.fileio import atomic_path
 LOGITS, MASK = "logits", "mask"
 REBUILD = {
     LOGITS: (
-        "upsample logits bilinearly from S/8 to S x S as TF1 does (rmi.data.transforms.upsample_logits: pixel 8i reads cell i); padded mask = logit > 0; "
+        "upsample logits bilinearly from S/8 to S x S as TF1 does (rmi.data.transforms.upsample_logits: "
+        "pixel 8i reads cell i); padded mask = logit > 0; "
         "at original size: crop the resize-and-pad content box of the upsampled logits, resize it "
         "bilinearly to orig_hw, then > 0"
     ),

@@ -65,8 +65,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt files
         raise InputError(path, f"cannot read model checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(path, f"not an rmi model file (format {payload.get('format') if isinstance(payload, dict) else None!r}, expected {FORMAT!r})")
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != FORMAT:
+        raise InputError(path, f"not an rmi model file (format {found!r}, expected {FORMAT!r})")
     info = ModelInfo(
         backbone=payload["backbone"],
         fusion=payload["fusion"],

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-from rmi.cli_common import run_cli
+from rmi.cli.common import run_cli
 
 COMMANDS = {"predict": "segment one image from one expression with a trained model"}
 USAGE = "usage: rmi <command> [options]\n\ncommands:\n" + "\n".join(f"  {k:10s} {v}" for k, v in COMMANDS.items())
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch ``rmi <command> ...`` to ``rmi.<command>.main``; usage and status 2 otherwise."""
+    """Dispatch ``rmi <command> ...`` to ``rmi.cli.<command>.main``; usage and status 2 otherwise."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] in (["-h"], ["--help"]):
         print(USAGE)
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
         if args:
             print(f"rmi: error: unknown command {args[0]!r}", file=sys.stderr)
         sys.exit(2)
-    module = importlib.import_module(f"rmi.{args[0]}")
+    module = importlib.import_module(f"rmi.cli.{args[0]}")
     run_cli(lambda _: module.main(args[1:]))
 
 
