@@ -147,12 +147,19 @@ def _write_log(path: Path, rows: list[list]) -> None:
     write_text(path, buf.getvalue())
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The official loss: sigmoid cross-entropy SUMMED over the cells, averaged over the batch.
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Sigmoid cross-entropy: ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target -> scalar.
 
-    ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target -> scalar.
+    ``reduction="sum"``: the official loss, SUMMED over the cells and averaged over the batch;
+    ``"mean"``: averaged over the cells too (makes weight decay ``h * w`` times stronger; kept for
+    the README's ablation).
     """
-    return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / logits.shape[0]
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / logits.shape[0]
+    if reduction == "mean":
+        return loss / logits[0].numel()
+    if reduction != "sum":
+        raise ValueError(f"unknown loss reduction {reduction!r} (sum | mean)")
+    return loss
 
 
 def run(job: TrainJob) -> Path:
@@ -215,7 +222,7 @@ def run(job: TrainJob) -> Path:
                 break
             with autocast(device, amp):
                 logits = model(**model_inputs(batch, device))
-            loss = loss_fn(logits, batch["target"].to(device, non_blocking=True))
+            loss = loss_fn(logits, batch["target"].to(device, non_blocking=True), tr.get("loss_reduction", "sum"))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
