@@ -174,6 +174,8 @@ def run(job: TrainJob) -> Path:
     vocab = Vocab.load(job.vocab)
     cache = CacheReader(job.cache)
     cache.check_compatible(vocab, hp["image_size"], f"{job.vocab} and the config's image_size")
+    skipped = json.loads(cache.attrs["skipped"])
+    log.info("%s: %d expressions; skipped when cached, per reason: %s", job.cache, len(cache), skipped or "none")
 
     model, optimizer, scheduler = _build(job, vocab, device)
     digest = hparams_digest(hp)

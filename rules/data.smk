@@ -63,7 +63,12 @@ rule cache:
         ),
         image_size=config["image_size"],
         max_tokens=config["max_tokens"],
+        role=lambda wildcards: (
+            "train"
+            if wildcards.split == dataset_cfg(wildcards)["train_split"]
+            else "eval"
+        ),
     shell:
         "python -m workflow_scripts.build_cache --source {params.source:q} --split {wildcards.split}"
         " --vocab {input.vocab} --image-size {params.image_size} --max-tokens {params.max_tokens}"
-        " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        " --dataset {wildcards.dataset} --role {params.role} --out {output} > {log} 2>&1"

@@ -18,9 +18,11 @@ rule evaluate:
         mem_mb=4000,
     params:
         thresholds=" ".join(map(str, config["evaluate"]["thresholds"])),
+        resize=config["evaluate"]["resize"],
     shell:
         "python -m workflow_scripts.evaluate --pred {input.pred} --cache {input.cache}"
-        " --thresholds {params.thresholds} --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"
+        " --thresholds {params.thresholds} --resize {params.resize}"
+        " --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"
 
 
 # Language-blind baselines of every evaluated split (the largest annotated object of the image; the

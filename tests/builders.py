@@ -94,7 +94,9 @@ def build_shapes_caches(
     vocab.save(out["vocab"])
     for split, recs in records.items():
         out[split] = root / "cache" / f"{split}.h5"
-        build_cache(recs, vocab, out[split], image_size, max_tokens, dataset="shapes", split=split)
+        build_cache(
+            recs, vocab, out[split], image_size, max_tokens, dataset="shapes", split=split, train=split == "train"
+        )
     return out
 
 

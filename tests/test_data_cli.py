@@ -47,6 +47,8 @@ def vocab_and_cache(source: dict, split: str, out: Path, dataset: str) -> CacheR
             "5",
             "--dataset",
             dataset,
+            "--role",
+            "train" if split == "train" else "eval",
             "--out",
             str(out / f"{split}.h5"),
         ]
