@@ -159,6 +159,15 @@ def _weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def assert_same_training(ref: Path, cut: Path) -> None:
+    """Bit-identical weights and the same logged losses and learning rates."""
+    a, b = _weights(ref / "model.pt"), _weights(cut / "model.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = pd.read_csv(ref / "train_log.csv"), pd.read_csv(cut / "train_log.csv")
+    pd.testing.assert_frame_equal(la[["step", "loss", "lr"]], lb[["step", "loss", "lr"]])
+
+
 def test_sigkill_then_resume_is_bit_exact(caches, tmp_path):
     hp = hparams("rmi", steps=60)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -173,12 +182,7 @@ def test_sigkill_then_resume_is_bit_exact(caches, tmp_path):
     resumed = subprocess.run(_cli(caches, cut, hp, every=10), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step" in resumed.stderr
-
-    a, b = _weights(ref / "model.pt"), _weights(cut / "model.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    la, lb = pd.read_csv(ref / "train_log.csv"), pd.read_csv(cut / "train_log.csv")
-    pd.testing.assert_frame_equal(la[["step", "loss", "lr"]], lb[["step", "loss", "lr"]])
+    assert_same_training(ref, cut)
 
 
 def test_sigterm_checkpoints_and_exits_143(caches, tmp_path):
@@ -227,11 +231,7 @@ def test_sigterm_to_the_process_group_with_workers(caches, tmp_path):
     resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, start_new_session=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step" in resumed.stderr
-    a, b = _weights(ref / "model.pt"), _weights(cut / "model.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    la, lb = pd.read_csv(ref / "train_log.csv"), pd.read_csv(cut / "train_log.csv")
-    pd.testing.assert_frame_equal(la[["step", "loss", "lr"]], lb[["step", "loss", "lr"]])
+    assert_same_training(ref, cut)
 
 
 def test_checkpoint_of_other_hparams_is_ignored(caches, tmp_path):
