@@ -16,6 +16,10 @@ optimizer, scheduler, RNG, step, log rows, elapsed time -- is written atomically
 (on CPU, fixed seeds, same thread count) ends with bit-identical weights; a checkpoint made
 with other hyperparameters is ignored. The batch order is a pure function of (seed, step)
 (``StepBatchSampler``), so no sampler state needs saving beyond the step.
+
+Preemption: SLURM's ``--signal=TERM@...`` signals every process of the job, DataLoader workers
+included. Workers ignore SIGTERM and SIGINT (``_ignore_stop_signals``); the main process finishes
+its step, checkpoints, shuts the workers down and exits with ``PREEMPTED_EXIT_CODE``.
 """
 
 from __future__ import annotations
@@ -70,11 +74,12 @@ class TrainJob:
     out_model: Path
     out_log: Path
     checkpoint_dir: Path
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 0  # 0: only on SIGTERM (rule train passes the config's train.checkpoint_every)
     threads: int = 1
     weights_path: str | None = None
     features: Path | None = None
     device: str | None = None
+    workers: int | None = None  # DataLoader worker processes; None: ``threads`` on CUDA, 0 on CPU
     log_every: int = 0  # 0: about 200 rows per run
     progress: bool | None = None  # None: a tqdm bar when stderr is a terminal
     _stop_requested: bool = field(default=False, repr=False)
@@ -86,7 +91,7 @@ def _build(job: TrainJob, vocab: Vocab, device: torch.device):
     hp, tr = job.hparams, job.hparams["train"]
     model = build_model(hp["backbone"], hp["fusion"], len(vocab), hp["model"], hp["backbone_cfg"], job.weights_path)
     model.to(device)
-    groups = model.param_groups(tr["lr"], tr["weight_decay"], tr.get("bias_lr_mult", 1.0))
+    groups = model.param_groups(tr["lr"], tr["weight_decay"], tr["bias_lr_mult"])
     optimizer = torch.optim.Adam(groups, lr=tr["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: poly_lr_factor(s, tr["steps"], tr["lr"], tr["lr_end"], tr["lr_power"])
@@ -147,6 +152,17 @@ def _write_log(path: Path, rows: list[list]) -> None:
     write_text(path, buf.getvalue())
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: only the main process acts on SIGTERM/SIGINT (it checkpoints,
+    then shuts the workers down); a worker killed by them would fail the main process first."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _periodic_checkpoint(job: TrainJob, step: int, steps: int) -> bool:
+    return bool(job.checkpoint_every) and step % job.checkpoint_every == 0 and step < steps
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Sigmoid cross-entropy: ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target -> scalar.
 
@@ -184,19 +200,19 @@ def run(job: TrainJob) -> Path:
     log_every = job.log_every or max(1, steps // 200)
 
     dataset = ReferDataset(job.cache, features_path=job.features)
-    lengths = cache.n_tokens if tr.get("length_buckets", False) else None
-    sampler = StepBatchSampler(
-        cache.image_index, tr["batch_size"], hp["seed"], tr.get("group_by_image", True), start, lengths
-    )
+    lengths = cache.n_tokens if tr["length_buckets"] else None
+    sampler = StepBatchSampler(cache.image_index, tr["batch_size"], hp["seed"], tr["group_by_image"], start, lengths)
+    workers = job.workers if job.workers is not None else (job.threads if on_cuda else 0)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=identity_collate,
-        num_workers=job.threads if on_cuda else 0,
+        num_workers=workers,
+        worker_init_fn=_ignore_stop_signals if workers else None,
         pin_memory=on_cuda,
         persistent_workers=False,
     )
-    amp = bool(tr.get("amp", True)) and on_cuda
+    amp = bool(tr["amp"]) and on_cuda
 
     def request_stop(signum, frame):
         job._stop_requested = True
@@ -208,7 +224,7 @@ def run(job: TrainJob) -> Path:
     model.train()
     t0, running, n_running, last_print = time.monotonic() - elapsed, torch.zeros((), device=device), 0, time.monotonic()
     log.info(
-        "training %s+%s on %s: steps %d..%d, batch %d, device %s",
+        "training %s+%s on %s: steps %d..%d, batch %d, device %s, %d loader workers",
         hp["backbone"],
         hp["fusion"],
         job.cache,
@@ -216,21 +232,23 @@ def run(job: TrainJob) -> Path:
         steps,
         tr["batch_size"],
         device,
+        workers,
     )
+    # the handler is in place before the workers start (they inherit it until _ignore_stop_signals)
+    step, preempted = start, False
+    batches = iter(loader)
     try:
-        step = start
-        for batch in loader:
-            if step >= steps:
-                break
+        while step < steps and not preempted:
+            batch = next(batches)
+            step += 1
             with autocast(device, amp):
                 logits = model(**model_inputs(batch, device))
-            loss = loss_fn(logits, batch["target"].to(device, non_blocking=True), tr.get("loss_reduction", "sum"))
+            loss = loss_fn(logits, batch["target"].to(device, non_blocking=True), tr["loss_reduction"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            step += 1
             running += loss.detach()
             n_running += 1
             if step % log_every == 0 or step == steps:
@@ -248,13 +266,16 @@ def run(job: TrainJob) -> Path:
                         (step - start) / max(1e-9, rows[-1][3] - elapsed),
                     )
             bar.update(1)
-            if job._stop_requested or (step % job.checkpoint_every == 0 and step < steps):
+            preempted = job._stop_requested and step < steps  # after the last step: just finish
+            if preempted or _periodic_checkpoint(job, step, steps):
                 _save_state(job, step, model, optimizer, scheduler, rows, time.monotonic() - t0, digest)
-                if job._stop_requested:
-                    raise SystemExit(PREEMPTED_EXIT_CODE)
     finally:
         bar.close()
+        del batches  # the last reference: the iterator shuts its worker processes down
         signal.signal(signal.SIGTERM, previous)
+    if preempted:
+        log.warning("stopped at step %d after the signal; a rerun resumes from the checkpoint", step)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
     info = ModelInfo(
         backbone=hp["backbone"],

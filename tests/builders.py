@@ -138,6 +138,20 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
     return out / "model.pt"
 
 
+def process_group(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group ``pgid`` (Linux ``/proc``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 def one_line_error(fn, *args, error=InputError, **kw) -> str:
     """The message of the ``error`` that ``fn(*args, **kw)`` raises; asserts it is one line."""
     with pytest.raises(error) as err:

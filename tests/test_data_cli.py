@@ -85,6 +85,8 @@ def test_input_error_exits_1_with_one_line(tmp_path):
             json.dumps(source),
             "--split",
             "train",
+            "--min-count",
+            "1",
             "--out",
             str(tmp_path / "vocab.txt"),
         ],

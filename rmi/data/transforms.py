@@ -1,9 +1,11 @@
 """Resize-and-pad to S x S (DESIGN.md section 3) and its inverse, used by cache and evaluation.
 
 Forward: scale = min(S/h, S/w), resized size ``round(h*scale) x round(w*scale)``, centred
-zero padding (top = (S - h') // 2, left = (S - w') // 2). Images are resized bilinearly
-(antialiased, PIL); masks bilinearly without antialiasing and then ``> 0``, as the official
-code does.
+zero padding (top = (S - h') // 2, left = (S - w') // 2), as the official
+``util/im_processing.resize_and_pad``. Masks are resized bilinearly without antialiasing and then
+``> 0``, as the official code does (``build_batches.py``). Images are resized bilinearly by PIL,
+which antialiases when shrinking -- unlike the official ``skimage.transform.resize`` of its time
+(no antialiasing).
 
 Inverse, two ways: ``resize_and_crop`` is the official one (``util/im_processing.py``): the
 whole BINARY S x S map is resized bilinearly to a square of side ``round(S * max(h/S, w/S))``
