@@ -68,6 +68,8 @@ def hparams(backbone, fusion, size, dim, batch, frozen, steps, grouped) -> dict:
             "weight_decay": 5e-4,
             "bias_lr_mult": 1.0,
             "group_by_image": grouped,
+            "length_buckets": False,
+            "loss_reduction": "sum",
             "amp": True,
         },
     }
