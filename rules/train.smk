@@ -51,7 +51,7 @@ rule extract_features:
     priority: 60
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,
