@@ -34,11 +34,12 @@ from tqdm import tqdm
 
 from rmi.data.cache import CacheReader
 from rmi.data.dataset import ReferDataset, StepBatchSampler, identity_collate
-from rmi.device import autocast, model_inputs, select_device
+from rmi.device import select_device
 from rmi.errors import InputError
 from rmi.fileio import atomic_path, write_text
 from rmi.model_file import ModelInfo, save_model
 from rmi.text import Vocab
+from rmi.train_step import make_step
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ def run(job: TrainJob) -> Path:
         persistent_workers=False,
     )
     amp = bool(tr.get("amp", True)) and on_cuda
+    train_step = make_step(model, optimizer, loss_fn, device, amp, tr.get("tf32"), tr.get("cuda_graphs", True))
 
     def request_stop(signum, frame):
         job._stop_requested = True
@@ -203,12 +205,7 @@ def run(job: TrainJob) -> Path:
         for batch in loader:
             if step >= steps:
                 break
-            with autocast(device, amp):
-                logits = model(**model_inputs(batch, device))
-            loss = loss_fn(logits, batch["target"].to(device, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(batch)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1
