@@ -1,10 +1,14 @@
 """Training: sigmoid cross-entropy at S/8, Adam with polynomial decay, resumable checkpoints.
 
-The official recipe (DESIGN.md section 4): loss = mean sigmoid cross-entropy of the S/8 logits
-against the padded mask sampled at the cell grid, no class weighting; Adam, lr 2.5e-4 decayed
-polynomially (power 0.9) to 1e-5 over the run; L2 weight decay 5e-4 on 1x1-conv weights.
-The official code also doubles bias gradients, which Adam's scale invariance makes a no-op;
-``bias_lr_mult`` (a Caffe-style learning-rate multiplier of conv biases) therefore defaults to 1.
+The official recipe (``util/loss.py`` and ``RMI_model.py``/``LSTM_model.py`` ``train_op`` of the
+authors' code): the loss is the sigmoid cross-entropy of the S/8 logits against the padded mask
+sampled at the cell grid, no class weighting, SUMMED over the cells and averaged over the batch
+(``weighed_logistic_loss``: ``reduce_mean(reduce_sum(..., [1, 2, 3]))``), plus
+``weight_decay * sum(w**2) / 2`` over the conv weights (``l2_regularization_loss``; here Adam's
+``weight_decay``, which adds the same ``weight_decay * w`` to the gradient); Adam, lr 2.5e-4 decayed
+polynomially (power 0.9) to 1e-5 over the run. The official code also doubles bias gradients, which
+Adam's scale invariance makes a no-op; ``bias_lr_mult`` (a Caffe-style learning-rate multiplier of
+conv biases) therefore defaults to 1.
 
 Resumability: every ``checkpoint_every`` steps (and on SIGTERM) the full state -- model,
 optimizer, scheduler, RNG, step, log rows, elapsed time -- is written atomically to
@@ -145,8 +149,11 @@ def _write_log(path: Path, rows: list[list]) -> None:
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean sigmoid cross-entropy: ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target."""
-    return F.binary_cross_entropy_with_logits(logits.float(), target)
+    """The official loss: sigmoid cross-entropy SUMMED over the cells, averaged over the batch.
+
+    ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target -> scalar.
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / logits.shape[0]
 
 
 def run(job: TrainJob) -> Path:
@@ -169,7 +176,10 @@ def run(job: TrainJob) -> Path:
     log_every = job.log_every or max(1, steps // 200)
 
     dataset = ReferDataset(job.cache, features_path=job.features)
-    sampler = StepBatchSampler(cache.image_index, tr["batch_size"], hp["seed"], tr.get("group_by_image", True), start)
+    lengths = cache.n_tokens if tr.get("length_buckets", False) else None
+    sampler = StepBatchSampler(
+        cache.image_index, tr["batch_size"], hp["seed"], tr.get("group_by_image", True), start, lengths
+    )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -57,6 +57,17 @@ def _check_config():
                 raise ValueError(
                     f"config: datasets.{name}.downloads names {dl!r}, not in downloads"
                 )
+    if config["train"].get("length_buckets") and config["train"].get(
+        "group_by_image", True
+    ):
+        raise ValueError(
+            "config: train.length_buckets and train.group_by_image exclude each other"
+        )
+    for name, bb in config["backbones"].items():
+        if bb.get("pretrain") and name != "tiny":
+            raise ValueError(
+                f"config: backbones.{name}.pretrain: only the tiny trunk is pretrained by the pipeline"
+            )
     for table, spec in config["tables"]["length"].items():
         ds = config["datasets"].get(spec["dataset"])
         if ds is None or spec["split"] not in ds["eval_splits"]:
@@ -101,8 +112,12 @@ def dataset_source(name):
 
 
 def raw_inputs(wildcards):
+    """What the loaders read for wildcards.dataset (see dataset_files)."""
+    return dataset_files(wildcards.dataset)
+
+
+def dataset_files(name):
     """What the loaders read: the generated files, or the downloaded directories."""
-    name = wildcards.dataset
     ds = config["datasets"][name]
     if ds["format"] == "shapes":
         return {
@@ -124,11 +139,36 @@ def backbone_cfg(wildcards):
 
 
 def weights_input(wildcards):
-    """Pretrained weights file for a backbone, fetched by rule fetch_weights when not given."""
+    """Pretrained weights of a backbone: its weights_path, else written by rule pretrain_backbone (a
+    backbone with a `pretrain` block: the demo's tiny) or fetched by rule fetch_weights (R, D).
+    """
     bb = backbone_cfg(wildcards)
     if not bb["pretrained"]:
         return []
-    return bb.get("weights_path") or f"data/weights/{wildcards.backbone}.pth"
+    if bb.get("weights_path"):
+        return bb["weights_path"]
+    if bb.get("pretrain"):
+        return f"results/weights/{wildcards.backbone}.pth"
+    return f"data/weights/{wildcards.backbone}.pth"
+
+
+def pretrain_sources():
+    """The training split of every generated dataset, as the dense pretraining reads them (JSON-able)."""
+    return [
+        {**dataset_source(name), "split": ds["train_split"]}
+        for name, ds in config["datasets"].items()
+        if ds["format"] == "shapes"
+    ]
+
+
+def pretrain_inputs(wildcards):
+    """What rule pretrain_backbone reads: the generated files of every source (training images only are used)."""
+    return [
+        path
+        for name, ds in config["datasets"].items()
+        if ds["format"] == "shapes"
+        for path in dataset_files(name).values()
+    ]
 
 
 def feature_input(wildcards):
@@ -173,6 +213,27 @@ def eval_pairs():
         for name, ds in config["datasets"].items()
         for split in ds["eval_splits"]
     ]
+
+
+def baseline_splits():
+    """Every evaluated split with its cache and loader spec (what rule baselines scores)."""
+    return [
+        {
+            "dataset": d,
+            "split": s,
+            "cache": f"results/cache/{d}/{s}.h5",
+            "source": dataset_source(d),
+        }
+        for d, s in eval_pairs()
+    ]
+
+
+def baseline_inputs(wildcards):
+    """The caches of every evaluated split and the raw files their instance annotations come from."""
+    files = {f"cache_{i}": s["cache"] for i, s in enumerate(baseline_splits())}
+    for name in DATASETS:
+        files.update({f"{name}_{k}": v for k, v in dataset_files(name).items()})
+    return files
 
 
 def metric_files(ext):
@@ -267,4 +328,4 @@ def figure_targets():
 
 
 def all_targets():
-    return table_outputs() + figure_targets()
+    return table_outputs() + figure_targets() + ["results/baselines.csv"]

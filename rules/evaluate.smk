@@ -21,3 +21,22 @@ rule evaluate:
     shell:
         "python -m workflow_scripts.evaluate --pred {input.pred} --cache {input.cache}"
         " --thresholds {params.thresholds} --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"
+
+
+# Language-blind baselines of every evaluated split (the largest annotated object of the image; the
+# best centred box): the floor a referring model has to clear.
+rule baselines:
+    input:
+        unpack(baseline_inputs),
+    output:
+        "results/baselines.csv",
+    log:
+        "logs/baselines/baselines.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        splits=json.dumps(baseline_splits(), sort_keys=True),
+        thresholds=" ".join(map(str, config["evaluate"]["thresholds"])),
+    shell:
+        "python -m workflow_scripts.baselines --splits {params.splits:q}"
+        " --thresholds {params.thresholds} --out {output} > {log} 2>&1"

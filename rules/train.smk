@@ -1,6 +1,40 @@
 # Training stage: optional trunk-feature cache, then one model per (dataset, backbone, fusion).
 
 
+# Dense pretraining of the demo's tiny trunk (semantic segmentation: shape category and colour
+# per pixel) on the TRAINING images of every generated dataset, once per backbone; train then loads
+# it frozen, as the paper freezes its ImageNet / DeepLab trunk. Reads no val/test image and no
+# referring expression.
+rule pretrain_backbone:
+    input:
+        pretrain_inputs,
+    output:
+        "results/weights/{backbone}.pth",
+    log:
+        "logs/pretrain_backbone/{backbone}.log",
+    benchmark:
+        "results/benchmarks/pretrain_backbone/{backbone}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    params:
+        sources=json.dumps(pretrain_sources(), sort_keys=True),
+        widths=lambda wildcards: json.dumps(backbone_cfg(wildcards)["widths"]),
+        pretrain=lambda wildcards: json.dumps(
+            backbone_cfg(wildcards)["pretrain"], sort_keys=True
+        ),
+        image_size=config["image_size"],
+        seed=config["seed"],
+    shell:
+        "python -m workflow_scripts.pretrain_backbone --sources {params.sources:q} --widths {params.widths:q}"
+        " --image-size {params.image_size} --params {params.pretrain:q} --seed {params.seed}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
 # Frozen-trunk features (fp16 HDF5) of the training split, computed once and shared by both
 # fusions of a backbone; only used when train.feature_cache is true.
 rule extract_features:

@@ -118,6 +118,28 @@ def test_step_sampler_is_deterministic_resumable_and_grouped():
     assert sorted(flat.epoch_order(3).tolist()) == list(range(16))
 
 
+def test_length_buckets_group_similar_lengths(rng):
+    image_index = np.repeat(np.arange(100), 3)  # 300 expressions
+    lengths = rng.integers(1, 21, size=300)
+    bucketed = StepBatchSampler(image_index, 8, seed=1, group_by_image=False, lengths=lengths)
+    uniform = StepBatchSampler(image_index, 8, seed=1, group_by_image=False)
+    assert bucketed.batches_per_epoch == 38
+    stream = iter(bucketed)
+    epoch = [next(stream) for _ in range(38)]
+    assert sorted(sum(epoch, [])) == list(range(300))  # each expression once per epoch
+    assert len(epoch[-1]) == 300 - 37 * 8  # the short batch stays last
+
+    def steps_run(batches):  # the model runs max(length) steps per batch
+        return sum(int(lengths[b].max()) for b in batches)
+
+    plain = iter(uniform)
+    assert steps_run(epoch) < 0.7 * steps_run([next(plain) for _ in range(38)])
+    resumed = StepBatchSampler(image_index, 8, seed=1, group_by_image=False, start_step=39, lengths=lengths)
+    assert next(iter(resumed)) == [next(stream) for _ in range(2)][-1]
+    with pytest.raises(ValueError, match="exclude each other"):
+        StepBatchSampler(image_index, 8, seed=1, group_by_image=True, lengths=lengths)
+
+
 def test_image_errors(tmp_path):
     with pytest.raises(InputError, match="image file is missing"):
         load_image(tmp_path / "nope.jpg")

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from conftest import REPO
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from builders import shapes_params
-from rmi.data.refer import load_refer
-from rmi.data.shapes import GROUP_A, LOCATION_WORDS, generate
+from rmi.data.refer import coco_file_name, load_refer
+from rmi.data.shapes import COLOURS, GROUP_A, LOCATION_WORDS, generate
 from rmi.text import tokenize
 
 SMALL = {"train": 20, "val": 8, "testA": 6, "testB": 6}
@@ -49,8 +50,9 @@ def test_read_by_the_refer_loader(shapes):
     root, summary = shapes
     instances = json.loads((root / "instances.json").read_text())
     anns = {a["id"]: a for a in instances["annotations"]}
-    kinds = collections.Counter(type(a["segmentation"]).__name__ for a in anns.values())
-    assert kinds["list"] > 0 and kinds["dict"] > 0, kinds  # polygons and RLE both occur
+    kinds = collections.Counter((a["iscrowd"], type(a["segmentation"]).__name__) for a in anns.values())
+    # as in COCO: objects are polygons, crowds RLE; both occur
+    assert set(kinds) == {(0, "list"), (1, "dict")}, kinds
     modes = {Image.open(p).mode for p in (root / "images").iterdir()}
     assert modes == {"RGB", "L"}
     sizes = {Image.open(p).size for p in (root / "images").iterdir()}
@@ -65,6 +67,41 @@ def test_read_by_the_refer_loader(shapes):
             pixels = np.asarray(Image.open(rec.image_path).convert("RGB"), np.float64)
             inside, outside = pixels[mask].mean(0), pixels[~mask].mean(0)
             assert np.abs(inside - outside).max() > 10  # the mask covers a drawn object
+
+
+def get_mask(ref: dict, anns: dict, images: dict) -> np.ndarray:
+    """The refer toolkit's ``REFER.getMask`` (lichengunc/refer), line for line: polygons if
+    ``segmentation[0]`` is a list, else RLE; decode; sum over the segments."""
+    ann, image = anns[ref["ann_id"]], images[ref["image_id"]]
+    if type(ann["segmentation"][0]) is list:
+        rle = mask_utils.frPyObjects(ann["segmentation"], image["height"], image["width"])
+    else:
+        rle = ann["segmentation"]
+    m = np.sum(mask_utils.decode(rle), axis=2).astype(np.uint8)
+    assert sum(mask_utils.area(rle)) == ann["area"]
+    return m
+
+
+@pytest.mark.parametrize("location_words", [True, False], ids=["shapes", "shapes+"])
+def test_every_ref_decodes_as_the_refer_toolkit_does(tmp_path, location_words):
+    """Every referred object is a polygon annotation that getMask decodes to the region the image shows
+    in the object's colour, and to what the project's loader reads."""
+    root = tmp_path / "s"
+    generate({**shapes_params(SMALL, location_words=location_words), "grayscale_fraction": 0.0}, root)
+    instances = json.loads((root / "instances.json").read_text())
+    anns = {a["id"]: a for a in instances["annotations"]}
+    images = {i["id"]: i for i in instances["images"]}
+    refs = pickle.loads((root / "refs(unc).p").read_bytes())
+    assert refs and all(anns[r["ann_id"]]["iscrowd"] == 0 for r in refs)
+    loaded = {r.ref_id: r.mask.decode() for split in SMALL for r in load_refer(root, "unc", root / "images", split)}
+    for ref in refs:
+        m = get_mask(ref, anns, images)
+        assert m.max() == 1  # the pieces of one object never overlap
+        assert np.array_equal(m.astype(bool), loaded[ref["ref_id"]])
+        pixels = np.asarray(Image.open(root / "images" / coco_file_name(ref["image_id"])).convert("RGB"), np.float64)
+        median = np.median(pixels[m.astype(bool)], axis=0)
+        nearest = min(COLOURS, key=lambda c: np.linalg.norm(median - np.array(COLOURS[c])))
+        assert nearest == anns[ref["ann_id"]]["attributes"]["colour"], ref  # the object's colour is on its mask
 
 
 def test_expressions_unique_per_image_and_spread_over_buckets(tmp_path):

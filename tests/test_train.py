@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from rmi.features import extract_features
 from rmi.inference import predict_split
 from rmi.metrics import evaluate_split, intersection_union, summarize
 from rmi.model_file import load_model
-from rmi.train import PREEMPTED_EXIT_CODE, TrainJob, poly_lr_factor, run
+from rmi.train import PREEMPTED_EXIT_CODE, TrainJob, loss_fn, poly_lr_factor, run
 
 REPO = Path(__file__).resolve().parents[1]
 S = 64
@@ -109,6 +110,17 @@ def test_training_learns(caches, tmp_path, fusion):
     baseline = box_prior_iou(caches["train"])
     print(f"{fusion}: overall IoU {metrics['overall_iou']:.3f}, box prior {baseline:.3f}")
     assert metrics["overall_iou"] > max(0.15, baseline), (metrics, baseline)
+
+
+def test_loss_is_the_official_sum_over_cells():
+    """util/loss.py: reduce_mean over the batch of reduce_sum over the cells of the sigmoid cross-entropy."""
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]], [[[1.0, 0.0], [0.0, -2.0]]]])  # (B=2, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[1.0, 1.0], [0.0, 0.0]]]])
+    positive = [0.0, 3.0, 1.0, 0.0]  # -log(sigmoid(x)) = log(1 + exp(-x)) where the target is 1
+    negative = [2.0, -1.0, 0.0, -2.0]  # -log(1 - sigmoid(x)) = log(1 + exp(x)) where it is 0
+    by_hand = (sum(math.log1p(math.exp(-x)) for x in positive) + sum(math.log1p(math.exp(x)) for x in negative)) / 2
+    assert loss_fn(logits, target).item() == pytest.approx(by_hand, rel=1e-6)
+    assert by_hand == pytest.approx(4 * torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item())
 
 
 def test_poly_lr_schedule():

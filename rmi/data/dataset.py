@@ -84,23 +84,38 @@ def identity_collate(batch: dict) -> dict:
 class StepBatchSampler(Sampler[list[int]]):
     """An endless, deterministic stream of batches of expression rows, resumable at any step.
 
-    Epoch ``e`` is a permutation drawn from ``default_rng([seed, e])``. With
-    ``group_by_image`` the permutation shuffles images and keeps each image's expressions
-    consecutive, so a batch holds few distinct images (the trunk runs once per image);
-    otherwise expressions are shuffled independently. Every epoch has
-    ``ceil(N / batch_size)`` batches, so step ``k`` is batch ``k % n`` of epoch ``k // n``.
+    Epoch ``e`` is drawn from ``default_rng([seed, e])`` and has ``ceil(N / batch_size)`` batches, so
+    step ``k`` is batch ``k % n`` of epoch ``k // n``. The order within an epoch:
+
+    * ``group_by_image`` (default): images shuffled, each image's expressions consecutive, so a batch holds few
+      distinct images (the frozen trunk runs once per image);
+    * otherwise uniform: expressions shuffled independently, as the official data reader does, or,
+      given ``lengths`` (tokens per row), length-bucketed batches: the shuffled rows are cut into pools of
+      ``POOL_BATCHES`` batches, each pool sorted by length and cut into batches, and the full batches
+      shuffled (a short final batch stays last). A batch then holds expressions of similar length,
+      so the model skips more of the left padding (it only runs the steps after the batch's first word).
     """
 
+    POOL_BATCHES = 50
+
     def __init__(
-        self, image_index: np.ndarray, batch_size: int, seed: int, group_by_image: bool = True, start_step: int = 0
+        self,
+        image_index: np.ndarray,
+        batch_size: int,
+        seed: int,
+        group_by_image: bool = True,
+        start_step: int = 0,
+        lengths: np.ndarray | None = None,
     ):
         if len(image_index) == 0:
             raise ValueError("no expressions to sample")
+        if group_by_image and lengths is not None:
+            raise ValueError("group_by_image and length buckets exclude each other")
         self.image_index = np.asarray(image_index)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.group_by_image = group_by_image
         self.start_step = int(start_step)
+        self.lengths = None if lengths is None else np.asarray(lengths)
         self.batches_per_epoch = -(-len(self.image_index) // self.batch_size)
         self._groups = None
         if group_by_image:
@@ -109,11 +124,20 @@ class StepBatchSampler(Sampler[list[int]]):
             self._groups = np.split(order, bounds)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """Expression rows of one epoch, in sampling order."""
+        """Expression rows of one epoch, in sampling order (batch ``b`` = rows ``[b*B, (b+1)*B)``)."""
         rng = np.random.default_rng([self.seed, epoch])
-        if self._groups is None:
-            return rng.permutation(len(self.image_index))
-        return np.concatenate([rng.permutation(self._groups[g]) for g in rng.permutation(len(self._groups))])
+        if self._groups is not None:
+            return np.concatenate([rng.permutation(self._groups[g]) for g in rng.permutation(len(self._groups))])
+        order = rng.permutation(len(self.image_index))
+        if self.lengths is None:
+            return order
+        pool = self.batch_size * self.POOL_BATCHES
+        order = np.concatenate(
+            [p[np.argsort(self.lengths[p], kind="stable")] for p in np.split(order, range(pool, len(order), pool))]
+        )
+        n_full = len(order) // self.batch_size
+        batches = order[: n_full * self.batch_size].reshape(n_full, self.batch_size)[rng.permutation(n_full)]
+        return np.concatenate([batches.ravel(), order[n_full * self.batch_size :]])
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch, offset = divmod(self.start_step, self.batches_per_epoch)

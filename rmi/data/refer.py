@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 from rmi.data.masks import CocoSegments
@@ -169,3 +170,41 @@ def load_refer(
             refs_path, f"split {split!r} has no expressions (splits present: {', '.join(splits) or 'none'})"
         )
     return records
+
+
+@dataclass
+class ImageObjects:
+    """One image and every object annotated on it (all annotations of ``instances.json``, not only
+    the referred ones): ``objects`` holds ``(category_id, attributes, mask source, iscrowd)``."""
+
+    image_id: int
+    image_path: Path
+    objects: list[tuple[int, dict, CocoSegments, bool]]
+
+
+def split_images(refer_dir: Path, split_by: str, image_dir: Path, split: str) -> list[ImageObjects]:
+    """The images of ``split`` (those a ref of that split points to), each with ALL its annotations.
+
+    Reads no expression: only the refs' ``split`` and ``image_id``. Images in ``image_id`` order,
+    objects in annotation order. Raises a one-line ``InputError`` for missing or malformed files or a
+    split without images.
+    """
+    refer_dir, image_dir = Path(refer_dir), Path(image_dir)
+    refs_path, inst_path = refer_dir / f"refs({split_by}).p", refer_dir / "instances.json"
+    image_ids = sorted({int(r["image_id"]) for r in read_refs(refs_path) if r["split"] == split})
+    if not image_ids:
+        raise InputError(refs_path, f"split {split!r} has no images")
+    images, anns = read_instances(inst_path)
+    by_image: dict[int, list] = {i: [] for i in image_ids}
+    for ann_id, ann in anns.items():
+        objects = by_image.get(int(ann["image_id"]))
+        if objects is None:
+            continue
+        image = images.get(int(ann["image_id"]))
+        if image is None:
+            raise InputError(inst_path, f"ann {ann_id}: image_id {ann['image_id']} is not in the images list")
+        mask = CocoSegments(
+            [ann["segmentation"]], int(image["height"]), int(image["width"]), f"{inst_path} ann {ann_id}"
+        )
+        objects.append((int(ann.get("category_id", 0)), ann.get("attributes") or {}, mask, bool(ann.get("iscrowd", 0))))
+    return [ImageObjects(i, coco_image_path(image_dir, i), by_image[i]) for i in image_ids]

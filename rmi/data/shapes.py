@@ -4,22 +4,28 @@
 
 * ``out_dir/refs(unc).p``: the refer toolkit's pickled list of refs (``ref_id, ann_id,
   image_id, split, category_id, file_name, sent_ids, sentences [{sent_id, raw, sent, tokens}]``);
-* ``out_dir/instances.json``: COCO ``images``, ``annotations`` (every object of every image;
-  polygons for fully visible straight-edged shapes, compressed RLE for round shapes, rings and
-  occluded objects), ``categories``;
+* ``out_dir/instances.json``: COCO ``images``, ``annotations`` (every object of every image),
+  ``categories``. As in COCO, every object (``iscrowd: 0``) is a list of polygons: a ring is two
+  half-annuli, an occluded object the polygons of its visible part (holes are cut into hole-free
+  pieces). Some images also hold a crowd of small dots behind the objects, stored as compressed RLE
+  with ``iscrowd: 1``, which no ref points to (as in RefCOCO). Each annotation also carries
+  ``attributes: {"colour": <name>}`` (not a COCO key; the refer toolkit ignores it), which the demo's
+  trunk pretraining reads;
 * ``out_dir/images/COCO_train2014_<id:012d>.jpg``: varied sizes and aspect ratios, textured
   backgrounds, a ``grayscale_fraction`` of single-channel JPEGs.
 
-Each image holds 2-6 (``objects``) shapes of 7 categories, 8 colours and varied sizes; later shapes occlude
-earlier ones, and an object's mask is its visible region (at least ``MIN_VISIBLE`` of it and
-``MIN_AREA`` pixels). Referred objects get 1-4 expressions that identify them uniquely among the
-objects of their image (category, colour, size relative to the same category, location relative
-to the other candidates), from one word ("star") to long ones with true but redundant attributes
-("the big red star on the left side of the image next to the blue square"), so that the length
-buckets of the paper's Tables 2-5 are all populated. ``location_words: false`` (``shapes+``, like
-UNC+) never uses a word of ``LOCATION_WORDS``. On grayscale images colour words are never used
-(the colour cannot be seen). As in RefCOCO, ``testA`` refers only to objects of the group
-``GROUP_A`` (round shapes) and ``testB`` only to the others; train and val refer to both.
+The image is painted from the DECODED annotations (``pycocotools`` ``frPyObjects`` + ``decode``, as
+the toolkit's ``REFER.getMask`` reads them), so an object's mask is exactly the region that shows it.
+Each image holds 2-6 (``objects``) shapes of 7 categories, 8 colours and varied sizes; later shapes
+occlude earlier ones, and every object keeps at least ``MIN_VISIBLE`` of its area and ``MIN_AREA``
+pixels. Referred objects get 1-4 expressions that identify them uniquely among the objects of their
+image (category, colour, size relative to the same category, location relative to the other
+candidates), from one word ("star") to long ones with true but redundant attributes ("the big red
+star on the left side of the image next to the blue square"), so that the length buckets of the
+paper's Tables 2-5 are all populated. ``location_words: false`` (``shapes+``, like UNC+) never uses a
+word of ``LOCATION_WORDS``. On grayscale images colour words are never used (the colour cannot be
+seen). As in RefCOCO, ``testA`` refers only to objects of the group ``GROUP_A`` (round shapes) and
+``testB`` only to the others; train and val refer to both.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ import logging
 import pickle
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+from shapely.geometry import LineString, Polygon
+from shapely.ops import split as split_geometry
+from shapely.ops import unary_union
 
 from rmi.data.refer import coco_file_name
 from rmi.text import tokenize
@@ -63,6 +72,10 @@ DEFAULT_OBJECTS = (2, 6)
 DEFAULT_SCALE = (0.12, 0.28)
 MIN_VISIBLE = 0.6
 MIN_AREA = 40
+ROUND_VERTICES = 48  # vertices of a circle/ellipse polygon (chord error < 0.25 px at radius 95)
+RING_HOLE = 0.55  # inner radius of a ring / outer radius
+CROWD_FRACTION = 0.2  # share of images with a crowd of grey dots (iscrowd: 1, never referred)
+CROWD_CATEGORY, CROWD_COLOUR, CROWD_RGB = "circle", "grey", (128, 128, 128)
 #: (adjective, short phrase, long phrase) per relative location
 LOCATIONS = {
     "left": ("left", "on the left", "on the left side of the image"),
@@ -83,12 +96,13 @@ LONG_NOUNS = {
 
 @dataclass
 class Shape:
-    """One drawn object: its category, colour, full and visible masks ``(h, w) bool``."""
+    """One drawn object: category, colour, its full outline (simple polygons, flat ``[x1, y1, ...]``)
+    and, once placed, its visible part as COCO polygons and their decoded mask ``(h, w) bool``."""
 
     category: str
     colour: str
-    mask: np.ndarray
-    polygon: list[float] | None
+    outline: list[list[float]]
+    polygons: list[list[float]] = field(default_factory=list)
     visible: np.ndarray | None = None
 
     @property
@@ -101,62 +115,115 @@ class Shape:
         return float(xs.mean()), float(ys.mean())
 
 
+@dataclass
+class Scene:
+    """One image's content: its size, the shapes (back to front) and an optional crowd mask."""
+
+    height: int
+    width: int
+    shapes: list[Shape]
+    crowd: np.ndarray | None = None
+
+
 # ------------------------------------------------------------------------------------- drawing
+
+
+def _flat(points) -> list[float]:
+    """``[(x, y), ...]`` -> COCO's flat ``[x1, y1, x2, y2, ...]``, rounded to 1/100 px."""
+    return [round(float(v), 2) for xy in points for v in xy]
+
+
+def _ellipse_points(cx, cy, rx, ry, start: float, stop: float, n: int) -> list[tuple[float, float]]:
+    angles = np.linspace(start, stop, n)
+    return list(zip(cx + rx * np.cos(angles), cy + ry * np.sin(angles), strict=True))
 
 
 def _regular_polygon(cx, cy, r, n, rotation, inner=None) -> list[float]:
     """Flat ``[x1, y1, ...]`` polygon: a regular n-gon, or a star when ``inner`` is a radius ratio."""
-    pts = []
     k = 2 * n if inner else n
-    for i in range(k):
-        rad = r * (inner if inner and i % 2 else 1.0)
-        a = rotation + 2 * np.pi * i / k
-        pts += [cx + rad * np.cos(a), cy + rad * np.sin(a)]
-    return [round(float(v), 2) for v in pts]
+    radii = [r * (inner if inner and i % 2 else 1.0) for i in range(k)]
+    angles = rotation + 2 * np.pi * np.arange(k) / k
+    return _flat(zip(cx + radii * np.cos(angles), cy + radii * np.sin(angles), strict=True))
 
 
-def _polygon_mask(poly: list[float], h: int, w: int) -> np.ndarray:
-    """Rasterise a polygon exactly as pycocotools decodes it (so image and annotation agree)."""
-    rle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
-    return mask_utils.decode(rle).astype(bool)
-
-
-def _ellipse_mask(cx, cy, rx, ry, h, w, hole: float = 0.0) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    d = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2
-    return (d <= 1.0) & (d >= hole**2)
-
-
-def _draw_shape(
-    rng: np.random.Generator, category: str, h: int, w: int, scale: tuple[float, float]
-) -> tuple[np.ndarray, list[float] | None]:
-    """Full mask ``(h, w) bool`` (and polygon, for straight-edged shapes) of one shape whose
-    radius is ``U(scale) * min(h, w)``."""
-    side = min(h, w)
-    r = side * rng.uniform(*scale)
+def _outline(rng: np.random.Generator, category: str, h: int, w: int, scale: tuple[float, float]) -> list[list[float]]:
+    """Simple polygons whose union is one shape of radius ``U(scale) * min(h, w)`` (a ring: two half-annuli)."""
+    r = min(h, w) * rng.uniform(*scale)
     cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
     rot = rng.uniform(0, 2 * np.pi)
+    n = ROUND_VERTICES
     if category == "circle":
-        return _ellipse_mask(cx, cy, r, r, h, w), None
+        return [_flat(_ellipse_points(cx, cy, r, r, 0, 2 * np.pi, n + 1)[:-1])]
     if category == "ellipse":
         ratio = rng.uniform(0.45, 0.65)
-        return (
-            _ellipse_mask(cx, cy, r, r * ratio, h, w)
-            if rng.random() < 0.5
-            else _ellipse_mask(cx, cy, r * ratio, r, h, w)
-        ), None
+        rx, ry = (r, r * ratio) if rng.random() < 0.5 else (r * ratio, r)
+        return [_flat(_ellipse_points(cx, cy, rx, ry, 0, 2 * np.pi, n + 1)[:-1])]
     if category == "ring":
-        return _ellipse_mask(cx, cy, r, r, h, w, hole=0.55), None
+        halves = []
+        for start in (-np.pi / 2, np.pi / 2):
+            outer = _ellipse_points(cx, cy, r, r, start, start + np.pi, n // 2 + 1)
+            inner = _ellipse_points(cx, cy, r * RING_HOLE, r * RING_HOLE, start + np.pi, start, n // 2 + 1)
+            halves.append(_flat(outer + inner))
+        return halves
     if category == "square":
-        poly = _regular_polygon(cx, cy, r * 1.1, 4, rot)
-    elif category == "triangle":
-        poly = _regular_polygon(cx, cy, r * 1.15, 3, rot)
-    elif category == "star":
-        poly = _regular_polygon(cx, cy, r * 1.2, 5, rot, inner=0.45)
-    else:  # diamond: a rhombus with a vertical long axis
-        poly = [cx, cy - r * 1.2, cx + r * 0.7, cy, cx, cy + r * 1.2, cx - r * 0.7, cy]
-        poly = [round(float(v), 2) for v in poly]
-    return _polygon_mask(poly, h, w), poly
+        return [_regular_polygon(cx, cy, r * 1.1, 4, rot)]
+    if category == "triangle":
+        return [_regular_polygon(cx, cy, r * 1.15, 3, rot)]
+    if category == "star":
+        return [_regular_polygon(cx, cy, r * 1.2, 5, rot, inner=0.45)]
+    # diamond: a rhombus with a vertical long axis
+    return [_flat([(cx, cy - r * 1.2), (cx + r * 0.7, cy), (cx, cy + r * 1.2), (cx - r * 0.7, cy)])]
+
+
+def decode_polygons(polygons: list[list[float]], h: int, w: int) -> np.ndarray:
+    """``(h, w) bool`` union of COCO polygons, decoded as the refer toolkit's ``getMask`` does."""
+    if not polygons:
+        return np.zeros((h, w), bool)
+    return mask_utils.decode(mask_utils.frPyObjects(polygons, h, w)).any(axis=2)
+
+
+def _geometry(polygons: list[list[float]]):
+    return unary_union([Polygon(np.reshape(p, (-1, 2))) for p in polygons])
+
+
+def _hole_free(geometry) -> list[Polygon]:
+    """Polygons without holes whose union is ``geometry``: a polygon with a hole is split by the
+    vertical line through that hole's centroid (a ring becomes two half-annuli), recursively."""
+    out = []
+    for poly in getattr(geometry, "geoms", [geometry]):
+        if not isinstance(poly, Polygon) or poly.is_empty:
+            continue
+        if not poly.interiors:
+            out.append(poly)
+            continue
+        x = Polygon(poly.interiors[0]).centroid.x
+        _, y0, _, y1 = poly.bounds
+        out += _hole_free(split_geometry(poly, LineString([(x, y0 - 1), (x, y1 + 1)])))
+    return out
+
+
+def _visible_polygons(shape: Shape, front) -> list[list[float]]:
+    """COCO polygons of the part of ``shape`` that ``front`` (the union of the shapes before it) leaves
+    visible; pieces under 1 px^2 are dropped."""
+    visible = _geometry(shape.outline)
+    if front is not None:
+        visible = visible.difference(front)
+    return [_flat(list(p.exterior.coords)[:-1]) for p in _hole_free(visible) if p.area >= 1.0]
+
+
+def _assign_visibility(shapes: list[Shape], h: int, w: int) -> bool:
+    """Set each shape's visible polygons and decoded mask, front to back; False if a shape keeps too
+    little of itself or two decoded masks overlap (then the image would not show what they say)."""
+    front, taken = None, np.zeros((h, w), bool)
+    for s in reversed(shapes):
+        s.polygons = _visible_polygons(s, front)
+        s.visible = decode_polygons(s.polygons, h, w)
+        full = decode_polygons(s.outline, h, w).sum()
+        if s.visible.sum() < max(MIN_AREA, MIN_VISIBLE * full) or (s.visible & taken).any():
+            return False
+        taken |= s.visible
+        front = _geometry(s.outline) if front is None else front.union(_geometry(s.outline))
+    return True
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -164,8 +231,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     base = rng.uniform(70, 185, size=3)
     tint = rng.normal(0, 20, size=(3, 3, 3))
     small = np.clip(base + tint, 0, 255).astype(np.uint8)
-    field = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), np.float64)
-    return field + rng.normal(0, 8, size=(h, w, 3))
+    field_ = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), np.float64)
+    return field_ + rng.normal(0, 8, size=(h, w, 3))
 
 
 def _place_shapes(rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float]) -> list[Shape]:
@@ -175,33 +242,39 @@ def _place_shapes(rng: np.random.Generator, h: int, w: int, n: int, scale: tuple
         for _attempt in range(30):
             category = CATEGORIES[rng.integers(len(CATEGORIES))]
             colour = list(COLOURS)[rng.integers(len(COLOURS))]
-            mask, poly = _draw_shape(rng, category, h, w, scale)
-            if mask.sum() < MIN_AREA / MIN_VISIBLE:
-                continue
-            trial = shapes + [Shape(category, colour, mask, poly)]
-            if _assign_visibility(trial):
+            trial = shapes + [Shape(category, colour, _outline(rng, category, h, w, scale))]
+            if _assign_visibility(trial, h, w):
                 shapes = trial
                 break
-    _assign_visibility(shapes)
+    _assign_visibility(shapes, h, w)
     return shapes
 
 
-def _assign_visibility(shapes: list[Shape]) -> bool:
-    """Set each shape's visible mask; False if any would be hidden too much."""
-    front = np.zeros_like(shapes[0].mask) if shapes else None
-    for s in reversed(shapes):
-        s.visible = s.mask & ~front
-        front |= s.mask
-        if s.visible.sum() < max(MIN_AREA, MIN_VISIBLE * s.mask.sum()):
-            return False
-    return True
-
-
-def _render(rng: np.random.Generator, h: int, w: int, shapes: list[Shape]) -> np.ndarray:
-    img = _background(rng, h, w)
+def _crowd(rng: np.random.Generator, h: int, w: int, shapes: list[Shape]) -> np.ndarray | None:
+    """A cluster of small dots behind the shapes (visible part, ``(h, w) bool``) in ``CROWD_FRACTION``
+    of the images, else None."""
+    if rng.random() >= CROWD_FRACTION:
+        return None
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    cy, cx, spread = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w, 0.12 * min(h, w)
+    dots = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(8, 16))):
+        y, x = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
+        dots |= (yy - y) ** 2 + (xx - x) ** 2 <= (0.015 * min(h, w) + 1) ** 2
     for s in shapes:
-        colour = np.asarray(COLOURS[s.colour], np.float64) * rng.uniform(0.9, 1.05)
-        img[s.mask] = colour + rng.normal(0, 6, size=(int(s.mask.sum()), 3))
+        dots &= ~s.visible
+    return dots if dots.sum() >= MIN_AREA else None
+
+
+def _render(rng: np.random.Generator, scene: Scene) -> np.ndarray:
+    """``(h, w, 3) uint8``: background, the crowd, then each shape's decoded visible mask in its colour."""
+    img = _background(rng, scene.height, scene.width)
+    regions = [(s.visible, COLOURS[s.colour]) for s in scene.shapes]
+    if scene.crowd is not None:
+        regions.insert(0, (scene.crowd, CROWD_RGB))
+    for mask, rgb in regions:
+        tone = np.asarray(rgb, np.float64) * rng.uniform(0.9, 1.05)
+        img[mask] = tone + rng.normal(0, 6, size=(int(mask.sum()), 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -363,17 +436,119 @@ def _raw(rng, sentence: str) -> str:
 # -------------------------------------------------------------------------------- dataset
 
 
-def _segmentation(s: Shape, h: int, w: int) -> list | dict:
-    """A polygon for a fully visible straight-edged shape, else the visible region as RLE."""
-    if s.polygon is not None and np.array_equal(s.visible, s.mask):
-        return [s.polygon]
-    rle = mask_utils.encode(np.asfortranarray(s.visible.astype(np.uint8)))
-    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+class _Ids:
+    """Running ids of images, annotations, refs and sentences (1-based, as in COCO)."""
+
+    def __init__(self):
+        self.counters = collections.Counter()
+
+    def next(self, kind: str) -> int:
+        self.counters[kind] += 1
+        return self.counters[kind]
+
+
+def _check_params(params: dict) -> tuple[tuple[int, int], tuple[float, float]]:
+    """``(objects [min, max], object_scale [min, max])`` of the generator params, with their defaults."""
+    n_min, n_max = (int(v) for v in params.get("objects", DEFAULT_OBJECTS))
+    scale = tuple(float(v) for v in params.get("object_scale", DEFAULT_SCALE))
+    if not 2 <= n_min <= n_max or not 0 < scale[0] <= scale[1] < 0.5:
+        raise ValueError(
+            f"need 2 <= objects[0] <= objects[1] and 0 < object_scale[0] <= object_scale[1] < 0.5, got {params}"
+        )
+    return (n_min, n_max), scale
+
+
+def _referable(split: str, category: str) -> bool:
+    """testA refers only to ``GROUP_A`` objects, testB only to the others (as RefCOCO's people/objects)."""
+    return {"testA": category in GROUP_A, "testB": category not in GROUP_A}.get(split, True)
+
+
+def _draw_scene(rng, split: str, params: dict, objects, scale, location_ok: bool):
+    """``(scene, gray, targets)``: an image with at least two shapes and one referable target of the
+    split's group; ``targets`` = ``[(shape index, minimal description)]``."""
+    while True:
+        h, w = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, size=2))
+        shapes = _place_shapes(rng, h, w, int(rng.integers(objects[0], objects[1] + 1)), scale)
+        gray = bool(rng.random() < params["grayscale_fraction"])
+        targets = []
+        for i, s in enumerate(shapes):
+            d = _descriptions(i, shapes, h, w, not gray, location_ok, rng) if _referable(split, s.category) else None
+            if d is not None:
+                targets.append((i, d))
+        if len(shapes) >= 2 and targets:
+            return Scene(h, w, shapes, _crowd(rng, h, w, shapes)), gray, targets
 
 
 def _bbox(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def _annotation(ann_id: int, image_id: int, category: str, colour: str, segmentation, mask, crowd: bool) -> dict:
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": CATEGORIES.index(category) + 1,
+        "segmentation": segmentation,
+        "area": float(mask.sum()),
+        "bbox": _bbox(mask),
+        "iscrowd": int(crowd),
+        "attributes": {"colour": colour},
+    }
+
+
+def _annotations(scene: Scene, image_id: int, ids: _Ids) -> list[dict]:
+    """COCO annotations of a scene: one polygon annotation per shape (in shape order), then the crowd as RLE."""
+    out = [
+        _annotation(ids.next("ann"), image_id, s.category, s.colour, s.polygons, s.visible, False) for s in scene.shapes
+    ]
+    if scene.crowd is not None:
+        rle = mask_utils.encode(np.asfortranarray(scene.crowd.astype(np.uint8)))
+        seg = {"size": [scene.height, scene.width], "counts": rle["counts"].decode("ascii")}
+        out.append(_annotation(ids.next("ann"), image_id, CROWD_CATEGORY, CROWD_COLOUR, seg, scene.crowd, True))
+    return out
+
+
+def _refs(rng, scene: Scene, targets, gray: bool, location_ok: bool, split: str, image_id: int, ann_ids, ids: _Ids):
+    """Refs of about 3/4 of the targets (at least one), each with 1-4 distinct expressions of spread lengths."""
+    keep = [t for t in targets if rng.random() < 0.75] or [targets[rng.integers(len(targets))]]
+    used: set[str] = set()
+    refs = []
+    for i, d in keep:
+        variants = _variants(i, d, scene.shapes, scene.height, scene.width, not gray, location_ok)
+        texts = [v for v in _pick(rng, variants, int(rng.integers(1, 5))) if v not in used]
+        if not texts:
+            continue
+        used.update(texts)
+        sentences = []
+        for text in texts:
+            raw = _raw(rng, text)
+            tokens = tokenize(raw)
+            sentences.append({"tokens": tokens, "raw": raw, "sent_id": ids.next("sent"), "sent": " ".join(tokens)})
+        refs.append(
+            {
+                "ref_id": ids.next("ref"),
+                "ann_id": ann_ids[i],
+                "image_id": image_id,
+                "split": split,
+                "category_id": CATEGORIES.index(scene.shapes[i].category) + 1,
+                "file_name": coco_file_name(image_id, ann_ids[i]),
+                "sent_ids": [s["sent_id"] for s in sentences],
+                "sentences": sentences,
+            }
+        )
+    return refs
+
+
+def _write_dataset(tmp: Path, images: list[dict], annotations: list[dict], refs: list[dict]) -> None:
+    with open(tmp / "refs(unc).p", "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    categories = [
+        {"id": k + 1, "name": c, "supercategory": "round" if c in GROUP_A else "angular"}
+        for k, c in enumerate(CATEGORIES)
+    ]
+    instances = {"images": images, "annotations": annotations, "categories": categories}
+    (tmp / "instances.json").write_text(json.dumps(instances, separators=(",", ":")))
 
 
 def generate(params: dict, out_dir: str | Path) -> dict:
@@ -389,101 +564,38 @@ def generate(params: dict, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     rng = np.random.default_rng(int(params["seed"]))
     location_ok = bool(params["location_words"])
-    n_min, n_max = (int(v) for v in params.get("objects", DEFAULT_OBJECTS))
-    scale = tuple(float(v) for v in params.get("object_scale", DEFAULT_SCALE))
-    if not 2 <= n_min <= n_max or not 0 < scale[0] <= scale[1] < 0.5:
-        raise ValueError(
-            f"need 2 <= objects[0] <= objects[1] and 0 < object_scale[0] <= object_scale[1] < 0.5, got {params}"
-        )
+    objects, scale = _check_params(params)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / "images").mkdir()
-        images, annotations, refs = [], [], []
-        summary: dict = {}
-        lengths = []
-        image_id, ann_id, ref_id, sent_id = 1, 1, 1, 1
+        images, annotations, refs, ids, summary = [], [], [], _Ids(), {}
         for split in SPLITS:
-            n_images = int(params["images"].get(split, 0))
-            counts = {"images": n_images, "refs": 0, "expressions": 0}
-            for _ in range(n_images):
-                while True:  # redraw until the image has a referable object of the split's group
-                    h, w = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, size=2))
-                    shapes = _place_shapes(rng, h, w, int(rng.integers(n_min, n_max + 1)), scale)
-                    gray = bool(rng.random() < params["grayscale_fraction"])
-                    targets = []
-                    for i, s in enumerate(shapes):
-                        if split == "testA" and s.category not in GROUP_A:
-                            continue
-                        if split == "testB" and s.category in GROUP_A:
-                            continue
-                        d = _descriptions(i, shapes, h, w, not gray, location_ok, rng)
-                        if d is not None:
-                            targets.append((i, d))
-                    if len(shapes) >= 2 and targets:
-                        break
-                pixels = _render(rng, h, w, shapes)
-                pil = Image.fromarray(pixels)
+            n_refs = len(refs)
+            for _ in range(int(params["images"].get(split, 0))):
+                scene, gray, targets = _draw_scene(rng, split, params, objects, scale, location_ok)
+                image_id = ids.next("image")
+                pil = Image.fromarray(_render(rng, scene))
                 (pil.convert("L") if gray else pil).save(tmp / "images" / coco_file_name(image_id), quality=90)
-                images.append({"id": image_id, "file_name": coco_file_name(image_id), "height": h, "width": w})
-                ann_ids = []
-                for s in shapes:
-                    annotations.append(
-                        {
-                            "id": ann_id,
-                            "image_id": image_id,
-                            "category_id": CATEGORIES.index(s.category) + 1,
-                            "segmentation": _segmentation(s, h, w),
-                            "area": float(s.area),
-                            "bbox": _bbox(s.visible),
-                            "iscrowd": 0,
-                        }
-                    )
-                    ann_ids.append(ann_id)
-                    ann_id += 1
-                keep = [t for t in targets if rng.random() < 0.75] or [targets[rng.integers(len(targets))]]
-                used: set[str] = set()
-                for i, d in keep:
-                    variants = _variants(i, d, shapes, h, w, not gray, location_ok)
-                    texts = [v for v in _pick(rng, variants, int(rng.integers(1, 5))) if v not in used]
-                    if not texts:
-                        continue
-                    used.update(texts)
-                    sentences = []
-                    for text in texts:
-                        raw = _raw(rng, text)
-                        tokens = tokenize(raw)
-                        sentences.append({"tokens": tokens, "raw": raw, "sent_id": sent_id, "sent": " ".join(tokens)})
-                        lengths.append(len(tokens))
-                        sent_id += 1
-                    refs.append(
-                        {
-                            "ref_id": ref_id,
-                            "ann_id": ann_ids[i],
-                            "image_id": image_id,
-                            "split": split,
-                            "category_id": CATEGORIES.index(shapes[i].category) + 1,
-                            "file_name": coco_file_name(image_id, ann_ids[i]),
-                            "sent_ids": [s["sent_id"] for s in sentences],
-                            "sentences": sentences,
-                        }
-                    )
-                    counts["refs"] += 1
-                    counts["expressions"] += len(sentences)
-                    ref_id += 1
-                image_id += 1
-            summary[split] = counts
-        with open(tmp / "refs(unc).p", "wb") as f:
-            pickle.dump(refs, f, protocol=2)
-        instances = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [
-                {"id": k + 1, "name": c, "supercategory": "round" if c in GROUP_A else "angular"}
-                for k, c in enumerate(CATEGORIES)
-            ],
-        }
-        (tmp / "instances.json").write_text(json.dumps(instances, separators=(",", ":")))
+                images.append(
+                    {
+                        "id": image_id,
+                        "file_name": coco_file_name(image_id),
+                        "height": scene.height,
+                        "width": scene.width,
+                    }
+                )
+                anns = _annotations(scene, image_id, ids)
+                annotations += anns
+                refs += _refs(rng, scene, targets, gray, location_ok, split, image_id, [a["id"] for a in anns], ids)
+            split_refs = refs[n_refs:]
+            summary[split] = {
+                "images": int(params["images"].get(split, 0)),
+                "refs": len(split_refs),
+                "expressions": sum(len(r["sentences"]) for r in split_refs),
+            }
+        _write_dataset(tmp, images, annotations, refs)
+        lengths = [len(s["tokens"]) for r in refs for s in r["sentences"]]
         hist = np.bincount([_bucket(n) for n in lengths], minlength=4) / max(1, len(lengths))
         summary["buckets"] = {b: round(float(v), 4) for b, v in zip(("1-2", "3", "4-5", "6-20"), hist, strict=True)}
         if out_dir.exists():

@@ -6,7 +6,8 @@
 * ``deeplab101`` (D): the ResNet-101 trunk of torchvision's DeepLabV3-ResNet101
   (COCO_WITH_VOC_LABELS_V1, output stride 8); a new Xavier 1x1 conv 2048 -> ``visual_dim``.
 * ``tiny``: six conv-BN-ReLU blocks (``widths``, default 32-64-128 channels, the last one
-  dilated), trained from scratch, for the CPU demo.
+  dilated), for the CPU demo: random init, or a ``weights_path`` written by the demo's dense
+  pretraining (``rmi.pretrain``, rule ``pretrain_backbone``).
 
 Weights: a local torchvision state_dict file (``weights_path``) wins; else, if ``pretrained``,
 torchvision's weights API (network or its cache); ``pretrained: false`` means random init.
@@ -72,14 +73,17 @@ def build_backbone(name: str, visual_dim: int, cfg: dict, weights_path: str | No
     path = weights_path or cfg.get("weights_path") or None
     frozen = bool(cfg.get("freeze_trunk", True))
     if name == "tiny":
-        if cfg.get("pretrained") or path:
-            raise InputError(
-                f"backbones.{name}", "has no pretrained weights: set pretrained: false and weights_path: null"
-            )
         widths = tuple(int(w) for w in cfg.get("widths", TINY_WIDTHS))
         if len(widths) != 3 or min(widths) < 1:
             raise InputError(f"backbones.{name}.widths", f"needs 3 positive channel counts, got {list(widths)}")
-        return Trunk(tiny_body(widths), widths[-1], frozen), conv1x1(widths[-1], visual_dim)
+        body = tiny_body(widths)
+        if cfg.get("pretrained") and not path:
+            raise InputError(
+                f"backbones.{name}",
+                "has no downloadable weights: give weights_path (rule pretrain_backbone writes them in the pipeline)",
+            )
+        _load_weights(body, name, path, {}, prefix="")
+        return Trunk(body, widths[-1], frozen), conv1x1(widths[-1], visual_dim)
     if name == "resnet101":
         if visual_dim != 1000:
             raise InputError(
@@ -173,9 +177,9 @@ def _load_weights(module: nn.Module, name: str, path: str | None, cfg: dict, pre
     missing = [prefix + k for k in own if prefix + k not in state]
     if missing:
         raise InputError(
-            where, f"not a torchvision {name} state_dict: {len(missing)} keys missing, e.g. {', '.join(missing[:3])}"
+            where, f"not a {name} trunk state_dict: {len(missing)} keys missing, e.g. {', '.join(missing[:3])}"
         )
     wrong = [prefix + k for k, v in own.items() if tuple(state[prefix + k].shape) != tuple(v.shape)]
     if wrong:
-        raise InputError(where, f"not a torchvision {name} state_dict: wrong shapes for {', '.join(wrong[:3])}")
+        raise InputError(where, f"not a {name} trunk state_dict: wrong shapes for {', '.join(wrong[:3])}")
     module.load_state_dict({k: state[prefix + k] for k in own})

@@ -1,0 +1,38 @@
+"""Dense pretraining of the demo's tiny trunk on the training images of the generated sets (rule pretrain_backbone)."""
+
+import argparse
+import json
+from pathlib import Path
+
+from rmi.cli.common import run_cli
+from rmi.pretrain import pretrain_trunk
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--sources", required=True, help='JSON list of {"refer_dir", "split_by", "image_dir", "split"}')
+    p.add_argument("--widths", required=True, help="JSON: the tiny trunk's three stage widths")
+    p.add_argument("--image-size", required=True, type=int, help="S: images are resized and padded to S x S")
+    p.add_argument("--params", required=True, help='JSON: {"steps", "batch_size", "lr"} (backbones.<name>.pretrain)')
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--threads", required=True, type=int)
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    p.add_argument("--out", required=True, type=Path, help="the trunk's weights (.pth)")
+    a = p.parse_args(argv)
+    params = json.loads(a.params)
+    pretrain_trunk(
+        json.loads(a.sources),
+        a.out,
+        widths=tuple(json.loads(a.widths)),
+        image_size=a.image_size,
+        steps=params["steps"],
+        batch_size=params["batch_size"],
+        lr=params["lr"],
+        seed=a.seed,
+        threads=a.threads,
+        device=a.device,
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
