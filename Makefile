@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (set up + run the embedded demo) and `make test` (set up + tests).
+# Two entry points: `make demo` (set up + run the embedded demo) and `make test` (set up, lint, tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,10 +18,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) results/table1.csv
 
-test: $(STAMP)
+# The lint runs first: a lint failure fails `make test` (and .ci/run).
+test: lint
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakefmt --check Snakefile rules
 

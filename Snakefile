@@ -1,6 +1,7 @@
 # rmi-pipeline: the RMI paper's results grid (Liu et al., ICCV 2017) as one DAG.
-#   snakemake --cores 2 results/table1.csv                       (embedded demo)
-#   snakemake --configfile config/paper.yaml --profile profiles/slurm results/table1.csv
+#   snakemake --cores 2 results/table1.csv                                 (embedded demo)
+#   snakemake --profile profiles/slurm --configfile=config/paper.yaml results/paper/table1.csv
+# Every file a rule writes lives under the config's results_dir (demo: results/).
 from snakemake.utils import min_version
 
 min_version("9.0")

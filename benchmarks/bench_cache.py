@@ -87,7 +87,7 @@ def main() -> None:
         records = make_inputs(tmp, a.images)
         vocab = Vocab.build(r.sentence for r in records)
         t = time.perf_counter()
-        build_cache(records, vocab, tmp / "bench.h5", image_size=a.size)
+        build_cache(records, vocab, tmp / "bench.h5", image_size=a.size, train=True)
         build = a.images / (time.perf_counter() - t)
 
         ds = ReferDataset(tmp / "bench.h5")

@@ -28,6 +28,7 @@ every expression 20 words long (the worst case), ``--expr-per-image`` expression
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,6 +55,7 @@ from rmi.train import TrainJob, _build, loss_fn, run  # noqa: E402
 from rmi.train_step import make_step  # noqa: E402
 
 PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
 PAPER_STEPS = PAPER["train"]["steps"]  # 750k at batch 1: the official main.py -i 750000
 #: expressions of the evaluation splits of config/paper.yaml (refer toolkit statistics; ReferIt's test query file)
 EVAL_EXPRESSIONS = {
@@ -111,7 +114,8 @@ LOOP_CASES = [Case(1, "default", False), Case(1, "tf32", True)]
 def hparams(args, fusion: str, case: Case, steps: int) -> dict:
     """The ``hparams`` of ``config/paper.yaml`` (as ``rules/common.smk`` builds them) for one case."""
     amp, tf32_flag, _ = PRECISIONS[case.precision]
-    train = {k: v for k, v in PAPER["train"].items() if k != "checkpoint_every"}
+    defaults = {k: v["default"] for k, v in SCHEMA["properties"]["train"]["properties"].items() if "default" in v}
+    train = {k: v for k, v in {**defaults, **PAPER["train"]}.items() if k != "checkpoint_every"}  # as validate()
     train.update(steps=steps, batch_size=case.batch, amp=amp, cuda_graphs=case.graphs, tf32=tf32_flag)
     if tf32_flag is None:
         del train["tf32"]
@@ -203,12 +207,15 @@ def time_case(args, fusion: str, case: Case, caches: dict, dataset, device, peak
     """Warm up on ``--batches`` batches, then the median of ``--repeats`` timed passes over them."""
     vocab = Vocab.load(caches["vocab"])
     hp = hparams(args, fusion, case, steps=PAPER_STEPS)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model, optimizer, scheduler = _build(train_job(caches, hp, tmp), vocab, device)
     model.train()
     batches = sample_batches(dataset, case.batch, args.batches, device, model.trunk if case.features else None)
     amp, tf32_flag, peak_key = PRECISIONS[case.precision]
-    step = make_step(model, optimizer, loss_fn, device, amp and device.type == "cuda", tf32_flag, case.graphs)
+    criterion = partial(loss_fn, reduction=hp["train"]["loss_reduction"])
+    step = make_step(model, optimizer, criterion, device, amp and device.type == "cuda", tf32_flag, case.graphs)
 
     def one_pass() -> torch.Tensor:
         for batch in batches:
@@ -405,7 +412,8 @@ def main() -> None:
                     emit(
                         {"kind": "train", "fusion": fusion, "case": case.name, "error": f"{type(err).__name__}: {err}"}
                     )
-                if device.type == "cuda":
+                if device.type == "cuda":  # free the case's graphs and their memory pool
+                    gc.collect()
                     torch.cuda.empty_cache()
             for k, case in enumerate(LOOP_CASES if a.loop_steps else []):
                 try:

@@ -23,6 +23,15 @@ def model_inputs(batch: dict, device: torch.device) -> dict:
     return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUT_KEYS if k in batch}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 convolutions and matmuls run natively: CUDA, or a CPU with AMX or AVX512-BF16
+    (elsewhere CPU bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return True
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own (private) checks
+    return device.type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def autocast(device: torch.device, enabled: bool, cache: bool = True) -> torch.autocast:
     """bf16 autocast on CUDA when ``enabled``; a no-op context elsewhere.
 

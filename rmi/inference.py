@@ -16,11 +16,11 @@ from tqdm import tqdm
 
 from rmi.crf import CRFParams, refine
 from rmi.data.dataset import ReferDataset, identity_collate, sequential_batches
-from rmi.data.transforms import resize_and_pad_image, unpad_and_resize, upsample_logits
+from rmi.data.transforms import resize_and_crop, resize_and_pad_image, unpad_and_resize, upsample_logits
 from rmi.device import autocast, model_inputs, select_device, tf32
 from rmi.errors import InputError
 from rmi.model_file import ModelInfo, load_model
-from rmi.prediction_file import write_predictions
+from rmi.prediction_file import threshold_logits, write_predictions
 from rmi.text import Vocab, has_word, tokenize
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def predict_split(
 class Prediction:
     """One prediction at the original image size."""
 
-    probability: np.ndarray  # (h, w) float32, before DenseCRF
-    mask: np.ndarray  # (h, w) bool, after DenseCRF when asked
+    probability: np.ndarray  # (h, w) float32, before DenseCRF (to look at; the mask does not threshold it)
+    mask: np.ndarray  # (h, w) bool as the official test loop makes it, after DenseCRF when asked
     tokens: list[str]  # the tokens the model read (at most T)
     unknown: list[str]  # those not in the model's vocabulary (read as <unk>)
 
@@ -106,7 +106,11 @@ def encode_expression(expression: str, vocab: Vocab, max_tokens: int) -> tuple[n
 def predict_image(
     model, info: ModelInfo, image: np.ndarray, expression: str, crf: CRFParams | None = None
 ) -> Prediction:
-    """``image (h, w, 3) or (h, w) uint8`` + expression -> ``Prediction`` at ``(h, w)``."""
+    """``image (h, w, 3) or (h, w) uint8`` + expression -> ``Prediction`` at ``(h, w)``.
+
+    The mask is the evaluation's (``PredictionReader.original_mask``): the S x S prediction
+    (upsampled logits ``>= 1e-9``, or the DenseCRF labels) mapped back with ``resize_and_crop``.
+    """
     ids, tokens, unknown = encode_expression(expression, info.vocab, info.max_tokens)
     size = info.image_size
     padded = resize_and_pad_image(image, size)
@@ -116,11 +120,9 @@ def predict_image(
         image_of=torch.zeros(1, dtype=torch.int64, device=device),
         images=torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None].to(device),
     )
-    prob_padded = torch.sigmoid(upsample_logits(logits.float(), size))[0, 0].cpu().numpy()
+    up = upsample_logits(logits.float().cpu(), size)[0, 0]  # on the CPU, as PredictionReader does
+    prob_padded = torch.sigmoid(up).numpy()
+    binary = threshold_logits(up.numpy()) if crf is None else refine(prob_padded, padded, crf)
     h, w = image.shape[:2]
     probability = unpad_and_resize(prob_padded, h, w, mode="bilinear")
-    if crf is None:
-        mask = probability > 0.5
-    else:
-        mask = unpad_and_resize(refine(prob_padded, padded, crf), h, w, mode="nearest")
-    return Prediction(probability, mask, tokens, unknown)
+    return Prediction(probability, resize_and_crop(binary, h, w), tokens, unknown)

@@ -1,10 +1,12 @@
 """Evaluation at the original image resolution: per-expression I and U, overall/mean IoU, prec@X.
 
-As the paper (and DESIGN.md section 5): ``I = |pred AND gt|``, ``U = |pred OR gt|`` per
-expression, at the ORIGINAL size; overall IoU = sum I / sum U (the paper's "IOU"), mean IoU =
+As the official ``main.py`` test loop: every expression of the split is scored; its binary
+prediction goes back to the ORIGINAL size by ``resize_and_crop`` (``PredictionReader.original_mask``;
+the ``logits`` option is the comparison path), and ``I = |pred AND gt|``, ``U = |pred OR gt|``
+(``eval_tools.compute_mask_IU``). Overall IoU = sum I / sum U (the paper's "IOU"), mean IoU =
 mean of I/U, prec@X = share of expressions with I/U >= X. An expression with U = 0 (empty
-prediction and empty ground truth; never the case in the real datasets, whose referred objects
-all have pixels) counts as a perfect match, IoU 1.
+prediction and empty ground truth; the official code would divide by zero there) counts as a
+perfect match, IoU 1.
 """
 
 from __future__ import annotations
@@ -30,15 +32,18 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
 
 
-def evaluate_split(pred_path: str | Path, cache_path: str | Path) -> pd.DataFrame:
-    """One row per expression (cache order) with the columns ``COLUMNS``, at original resolution."""
+def evaluate_split(pred_path: str | Path, cache_path: str | Path, resize: str = "official") -> pd.DataFrame:
+    """One row per expression (cache order) with the columns ``COLUMNS``, at original resolution.
+
+    ``resize``: how predictions go back to the original size (``rmi.prediction_file.RESIZE_MODES``).
+    """
     cache = CacheReader(cache_path)
     with PredictionReader(pred_path) as pred:
         if not np.array_equal(pred.sent_id, cache.sent_id):
             raise InputError(pred_path, f"its sent_ids do not match those of {cache_path} (stale prediction?)")
         rows = []
         for i in tqdm(range(len(cache)), unit="expr", disable=None, mininterval=2.0):
-            inter, union = intersection_union(pred.original_mask(i), cache.original_mask(i))
+            inter, union = intersection_union(pred.original_mask(i, resize), cache.original_mask(i))
             rows.append((inter, union))
     iu = np.asarray(rows, np.int64).reshape(-1, 2)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -3,15 +3,20 @@
 Two kinds, named by the ``kind`` attribute:
 
 * ``logits`` (rule predict): ``logits (N, S/8, S/8) float32``, the model output before the
-  sigmoid. Rebuild: bilinear-upsample to S x S (half-pixel centres); the padded mask is
-  ``logit > 0`` (probability > 0.5), the probability map ``sigmoid``; at the original size,
-  crop the content box of the resize-and-pad and resize it bilinearly to ``h x w``, then
-  ``> 0``.
-* ``mask`` (rule densecrf): ``mask (N, S, S) bool``, a binary S x S prediction. Rebuild at the
-  original size: crop the content box and resize it to ``h x w`` with nearest neighbour.
+  sigmoid. Padded S x S mask: bilinear upsampling to S x S as TF1 does
+  (``rmi.data.transforms.upsample_logits``), then ``>= 1e-9`` compared in float32 -- the official
+  ``main.py`` test loop (``pred_raw = up_val >= score_thresh``); the probability map is the
+  sigmoid of the upsampled logits (the DenseCRF input).
+* ``mask`` (rule densecrf): ``mask (N, S, S) bool``, the binary S x S prediction.
 
 Both hold ``sent_id (N,) int64`` in the cache's expression order and ``orig_hw (N, 2) int32``,
 so a file is self-contained; the ``rebuild`` attribute repeats these rules in words.
+
+At the original size (``PredictionReader.original_mask``), ``resize="official"`` (what Table 1
+uses) maps the BINARY S x S mask back as the official code does,
+``rmi.data.transforms.resize_and_crop``; ``resize="logits"`` (the comparison option) crops the
+content box and resizes it to ``h x w`` first -- the upsampled logits bilinearly, then ``> 0``;
+a ``mask`` file with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -22,20 +27,32 @@ import h5py
 import numpy as np
 import torch
 
-from rmi.data.transforms import unpad_and_resize, upsample_logits
+from rmi.data.transforms import resize_and_crop, unpad_and_resize, upsample_logits
 from rmi.errors import InputError
 from rmi.fileio import atomic_path
 
 LOGITS, MASK = "logits", "mask"
+#: ``main.py`` ``test()``: ``score_thresh = 1e-9`` against the float32 upsampled logits
+SCORE_THRESHOLD = np.float32(1e-9)
+#: ways to map a prediction back to the original size (config ``evaluate.resize``)
+RESIZE_MODES = ("official", "logits")
+_OFFICIAL = (
+    "at original size (official, main.py test()): resize the whole binary S x S map bilinearly to "
+    "round(S * max(h/S, w/S)) squared (skimage, zeros outside, no anti-aliasing), centre-crop orig_hw, > 0"
+)
 REBUILD = {
     LOGITS: (
         "upsample logits bilinearly from S/8 to S x S as TF1 does (rmi.data.transforms.upsample_logits: "
-        "pixel 8i reads cell i); padded mask = logit > 0; "
-        "at original size: crop the resize-and-pad content box of the upsampled logits, resize it "
-        "bilinearly to orig_hw, then > 0"
+        "pixel 8i reads cell i); padded mask = upsampled logit >= 1e-9 (float32); " + _OFFICIAL
     ),
-    MASK: "binary S x S mask; at original size: crop the resize-and-pad content box, resize to orig_hw with nearest",
+    MASK: "binary S x S mask; " + _OFFICIAL,
 }
+
+
+def threshold_logits(padded_logits: np.ndarray) -> np.ndarray:
+    """Upsampled logits ``(..., S, S)`` -> ``(..., S, S) bool``: ``>= 1e-9``, compared in float32 as
+    the official code compares its float32 TF output with the Python float ``1e-9``."""
+    return np.asarray(padded_logits, np.float32) >= SCORE_THRESHOLD
 
 
 def write_predictions(
@@ -113,14 +130,18 @@ class PredictionReader:
         return 1.0 / (1.0 + np.exp(-self.padded_logits(i)))
 
     def padded_mask(self, i: int) -> np.ndarray:
-        """Binary prediction at ``(S, S) bool``."""
+        """Binary prediction at ``(S, S) bool`` (logits: ``threshold_logits`` of the upsampled logits)."""
         if self.kind == MASK:
             return self.file["mask"][i]
-        return self.padded_logits(i) > 0
+        return threshold_logits(self.padded_logits(i))
 
-    def original_mask(self, i: int) -> np.ndarray:
-        """Binary prediction at the original image size ``(h, w) bool``."""
+    def original_mask(self, i: int, resize: str = "official") -> np.ndarray:
+        """Binary prediction at the original image size ``(h, w) bool``; ``resize`` one of ``RESIZE_MODES``."""
         h, w = (int(v) for v in self.orig_hw[i])
+        if resize == "official":
+            return resize_and_crop(self.padded_mask(i), h, w)
+        if resize != "logits":
+            raise ValueError(f"unknown resize {resize!r} ({' | '.join(RESIZE_MODES)})")
         if self.kind == MASK:
             return unpad_and_resize(self.file["mask"][i], h, w, mode="nearest")
         return unpad_and_resize(self.padded_logits(i), h, w, mode="bilinear") > 0

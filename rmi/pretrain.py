@@ -8,7 +8,8 @@ image and no referring expression is read): the object's category (``category_id
 and its colour (``attributes.colour``, 0 = background). Crowd regions and, on grey images, the colour
 are ignored. Two 1x1-conv heads on the trunk output ``(U, C, S/8, S/8)`` are trained with
 cross-entropy against the labels at the cell grid (``label[8i, 8j]``, as the referring target is
-sampled; Adam, horizontal flips); the heads are dropped and the trunk's
+sampled; Adam, random flips and quarter turns: neither changes a shape's category or colour; bf16
+autocast where the hardware has it natively, ``rmi.device.autocast``); the heads are dropped and the trunk's
 ``state_dict`` is written, which ``build_backbone("tiny", ..., weights_path=...)`` loads through the
 same code path as the R/D weights.
 """
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from rmi.data.cache import load_image
 from rmi.data.refer import ImageObjects, split_images
 from rmi.data.transforms import cell_grid, resize_and_pad_image, resize_and_pad_mask
-from rmi.device import select_device
+from rmi.device import native_bf16, select_device
 from rmi.fileio import atomic_path
 from rmi.models.backbones import IMAGENET_MEAN, IMAGENET_STD, tiny_body
 
@@ -78,6 +79,13 @@ def load_dense_set(sources: list[dict], size: int) -> DenseSet:
     colours = sorted({a["colour"] for item in items for _, a, _, crowd in item.objects if "colour" in a and not crowd})
     images, category, colour = zip(*(_labels(item, size, colours) for item in tqdm(items, disable=None)), strict=True)
     return DenseSet(np.stack(images), np.stack(category), np.stack(colour), colours)
+
+
+def dihedral(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """Transform ``k`` (0-7) of the square's symmetry group applied to ``(B, S, S, ...)`` arrays:
+    ``k % 4`` quarter turns, then a horizontal flip if ``k >= 4``."""
+    out = [np.rot90(a, k % 4, axes=(1, 2)) for a in arrays]
+    return [a[:, :, ::-1] for a in out] if k >= 4 else out
 
 
 class DenseHeads(nn.Module):
@@ -133,12 +141,12 @@ def pretrain_trunk(
     losses, correct, labelled = [], 0, 0
     for step in tqdm(range(steps), disable=None, mininterval=5):
         idx = rng.choice(len(data.images), size=min(batch_size, len(data.images)), replace=False)
-        flip = rng.random() < 0.5
-        arrays = [a[idx][:, :, ::-1] if flip else a[idx] for a in (data.images, data.category, data.colour)]
+        arrays = dihedral([a[idx] for a in (data.images, data.category, data.colour)], int(rng.integers(8)))
         images = torch.from_numpy(np.ascontiguousarray(arrays[0].transpose(0, 3, 1, 2))).to(dev)
         targets = [torch.from_numpy(np.ascontiguousarray(cell_grid(a))).long().to(dev) for a in arrays[1:]]
-        logits = model(images)
-        loss = sum(F.cross_entropy(lg, tg, ignore_index=IGNORE) for lg, tg in zip(logits, targets, strict=True))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=native_bf16(dev)):
+            logits = model(images)
+        loss = sum(F.cross_entropy(lg.float(), tg, ignore_index=IGNORE) for lg, tg in zip(logits, targets, strict=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,6 +16,10 @@ optimizer, scheduler, RNG, step, log rows, elapsed time -- is written atomically
 (on CPU, fixed seeds, same thread count) ends with bit-identical weights; a checkpoint made
 with other hyperparameters is ignored. The batch order is a pure function of (seed, step)
 (``StepBatchSampler``), so no sampler state needs saving beyond the step.
+
+Preemption: SLURM's ``--signal=TERM@...`` signals every process of the job, DataLoader workers
+included. Workers ignore SIGTERM and SIGINT (``_ignore_stop_signals``); the main process finishes
+its step, checkpoints, shuts the workers down and exits with ``PREEMPTED_EXIT_CODE``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -71,11 +76,12 @@ class TrainJob:
     out_model: Path
     out_log: Path
     checkpoint_dir: Path
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 0  # 0: only on SIGTERM (rule train passes the config's train.checkpoint_every)
     threads: int = 1
     weights_path: str | None = None
     features: Path | None = None
     device: str | None = None
+    workers: int | None = None  # DataLoader worker processes; None: ``threads`` on CUDA, 0 on CPU
     log_every: int = 0  # 0: about 200 rows per run
     progress: bool | None = None  # None: a tqdm bar when stderr is a terminal
     _stop_requested: bool = field(default=False, repr=False)
@@ -87,7 +93,7 @@ def _build(job: TrainJob, vocab: Vocab, device: torch.device):
     hp, tr = job.hparams, job.hparams["train"]
     model = build_model(hp["backbone"], hp["fusion"], len(vocab), hp["model"], hp["backbone_cfg"], job.weights_path)
     model.to(device)
-    groups = model.param_groups(tr["lr"], tr["weight_decay"], tr.get("bias_lr_mult", 1.0))
+    groups = model.param_groups(tr["lr"], tr["weight_decay"], tr["bias_lr_mult"])
     optimizer = torch.optim.Adam(groups, lr=tr["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: poly_lr_factor(s, tr["steps"], tr["lr"], tr["lr_end"], tr["lr_power"])
@@ -148,12 +154,30 @@ def _write_log(path: Path, rows: list[list]) -> None:
     write_text(path, buf.getvalue())
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The official loss: sigmoid cross-entropy SUMMED over the cells, averaged over the batch.
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: only the main process acts on SIGTERM/SIGINT (it checkpoints,
+    then shuts the workers down); a worker killed by them would fail the main process first."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target -> scalar.
+
+def _periodic_checkpoint(job: TrainJob, step: int, steps: int) -> bool:
+    return bool(job.checkpoint_every) and step % job.checkpoint_every == 0 and step < steps
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Sigmoid cross-entropy: ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target -> scalar.
+
+    ``reduction="sum"``: the official loss, SUMMED over the cells and averaged over the batch;
+    ``"mean"``: averaged over the cells too (makes weight decay ``h * w`` times stronger; kept for
+    the README's ablation).
     """
-    return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / logits.shape[0]
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / logits.shape[0]
+    if reduction == "mean":
+        return loss / logits[0].numel()
+    if reduction != "sum":
+        raise ValueError(f"unknown loss reduction {reduction!r} (sum | mean)")
+    return loss
 
 
 def run(job: TrainJob) -> Path:
@@ -168,6 +192,8 @@ def run(job: TrainJob) -> Path:
     vocab = Vocab.load(job.vocab)
     cache = CacheReader(job.cache)
     cache.check_compatible(vocab, hp["image_size"], f"{job.vocab} and the config's image_size")
+    skipped = json.loads(cache.attrs["skipped"])
+    log.info("%s: %d expressions; skipped when cached, per reason: %s", job.cache, len(cache), skipped or "none")
 
     model, optimizer, scheduler = _build(job, vocab, device)
     digest = hparams_digest(hp)
@@ -176,20 +202,21 @@ def run(job: TrainJob) -> Path:
     log_every = job.log_every or max(1, steps // 200)
 
     dataset = ReferDataset(job.cache, features_path=job.features)
-    lengths = cache.n_tokens if tr.get("length_buckets", False) else None
-    sampler = StepBatchSampler(
-        cache.image_index, tr["batch_size"], hp["seed"], tr.get("group_by_image", True), start, lengths
-    )
+    lengths = cache.n_tokens if tr["length_buckets"] else None
+    sampler = StepBatchSampler(cache.image_index, tr["batch_size"], hp["seed"], tr["group_by_image"], start, lengths)
+    workers = job.workers if job.workers is not None else (job.threads if on_cuda else 0)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=identity_collate,
-        num_workers=job.threads if on_cuda else 0,
+        num_workers=workers,
+        worker_init_fn=_ignore_stop_signals if workers else None,
         pin_memory=on_cuda,
         persistent_workers=False,
     )
-    amp = bool(tr.get("amp", True)) and on_cuda
-    train_step = make_step(model, optimizer, loss_fn, device, amp, tr.get("tf32"), tr.get("cuda_graphs", True))
+    amp = bool(tr["amp"]) and on_cuda
+    criterion = partial(loss_fn, reduction=tr["loss_reduction"])
+    train_step = make_step(model, optimizer, criterion, device, amp, tr.get("tf32"), tr["cuda_graphs"])
 
     def request_stop(signum, frame):
         job._stop_requested = True
@@ -201,7 +228,7 @@ def run(job: TrainJob) -> Path:
     model.train()
     t0, running, n_running, last_print = time.monotonic() - elapsed, torch.zeros((), device=device), 0, time.monotonic()
     log.info(
-        "training %s+%s on %s: steps %d..%d, batch %d, device %s",
+        "training %s+%s on %s: steps %d..%d, batch %d, device %s, %d loader workers",
         hp["backbone"],
         hp["fusion"],
         job.cache,
@@ -209,16 +236,18 @@ def run(job: TrainJob) -> Path:
         steps,
         tr["batch_size"],
         device,
+        workers,
     )
+    # the handler is in place before the workers start (they inherit it until _ignore_stop_signals)
+    step, preempted = start, False
+    batches = iter(loader)
     try:
-        step = start
-        for batch in loader:
-            if step >= steps:
-                break
+        while step < steps and not preempted:
+            batch = next(batches)
+            step += 1
             loss = train_step(batch)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            step += 1
             running += loss.detach()
             n_running += 1
             if step % log_every == 0 or step == steps:
@@ -236,13 +265,16 @@ def run(job: TrainJob) -> Path:
                         (step - start) / max(1e-9, rows[-1][3] - elapsed),
                     )
             bar.update(1)
-            if job._stop_requested or (step % job.checkpoint_every == 0 and step < steps):
+            preempted = job._stop_requested and step < steps  # after the last step: just finish
+            if preempted or _periodic_checkpoint(job, step, steps):
                 _save_state(job, step, model, optimizer, scheduler, rows, time.monotonic() - t0, digest)
-                if job._stop_requested:
-                    raise SystemExit(PREEMPTED_EXIT_CODE)
     finally:
         bar.close()
+        del batches  # the last reference: the iterator shuts its worker processes down
         signal.signal(signal.SIGTERM, previous)
+    if preempted:
+        log.warning("stopped at step %d after the signal; a rerun resumes from the checkpoint", step)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
     info = ModelInfo(
         backbone=hp["backbone"],

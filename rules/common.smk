@@ -1,11 +1,7 @@
 # Config validation, wildcard constraints and input functions shared by every stage.
 #
-# `snakemake --lint` warnings left on purpose:
-# - this file: "PYTHONPATH/PATH used but not asserted with envvars": they are SET here (so rules
-#   find this checkout's `rmi` and interpreter), not required from the user; "Mixed rules and
-#   functions": this IS the common module the lint asks for; "Path composition with '+'" (line of
-#   validate()): a false positive, nothing is composed with '+'.
-# - rule train: "uses variable config" for checkpoint_every (see the comment there).
+# Paths: every file a rule writes lives under the config's `results_dir` (`results()` below), so
+# the outputs of two configs never stand in for each other; raw downloads stay in data/.
 import json
 import os
 import re
@@ -13,16 +9,27 @@ import sys
 
 from snakemake.utils import validate
 
+# Also fills every default of the schema, nested ones included: nothing downstream repeats them.
 validate(config, schema="../config/schema.yaml")
 
 # Scripts import the `rmi` package from this checkout, also in conda envs and on SLURM nodes,
 # and `python` is the interpreter running Snakemake unless a conda env of a rule comes first.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in [workflow.basedir, os.environ.get("PYTHONPATH", "")] if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in [workflow.basedir, os.environ.get("PYTHONPATH", "")] if p
+    ),
+    PATH=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)]
+    ),
 )
-os.environ["PATH"] = os.pathsep.join(
-    [os.path.dirname(sys.executable), os.environ["PATH"]]
-)
+
+RESULTS = config["results_dir"]
+
+
+def results(path):
+    """``path`` (may hold wildcards) under this config's results directory."""
+    return f"{RESULTS}/{path}"
+
 
 DATASETS = list(config["datasets"])
 BACKBONES = list(config["backbones"])
@@ -52,19 +59,17 @@ def _check_config():
                 raise ValueError(
                     f"config: datasets.{name}.generator.images lacks splits {sorted(missing)}"
                 )
-        for dl in ds.get("downloads", []):
-            if dl not in config.get("downloads", {}):
+        for dl in ds["downloads"]:
+            if dl not in config["downloads"]:
                 raise ValueError(
                     f"config: datasets.{name}.downloads names {dl!r}, not in downloads"
                 )
-    if config["train"].get("length_buckets") and config["train"].get(
-        "group_by_image", True
-    ):
+    if config["train"]["length_buckets"] and config["train"]["group_by_image"]:
         raise ValueError(
             "config: train.length_buckets and train.group_by_image exclude each other"
         )
     for name, bb in config["backbones"].items():
-        if bb.get("pretrain") and name != "tiny":
+        if bb["pretrain"] and name != "tiny":
             raise ValueError(
                 f"config: backbones.{name}.pretrain: only the tiny trunk is pretrained by the pipeline"
             )
@@ -85,7 +90,7 @@ wildcard_constraints:
     fusion=_alternatives(FUSIONS),
     model=_alternatives(MODELS),
     split="[A-Za-z0-9]+",
-    download=_alternatives(config.get("downloads", {})),
+    download=_alternatives(config["downloads"]),
 
 
 def dataset_cfg(wildcards):
@@ -98,9 +103,9 @@ def dataset_source(name):
     if ds["format"] == "shapes":
         return {
             "format": "refer",
-            "refer_dir": f"results/data/{name}",
+            "refer_dir": results(f"data/{name}"),
             "split_by": "unc",
-            "image_dir": f"results/data/{name}/images",
+            "image_dir": results(f"data/{name}/images"),
             "sentence_field": "sent",
         }
     keys = (
@@ -121,17 +126,16 @@ def dataset_files(name):
     ds = config["datasets"][name]
     if ds["format"] == "shapes":
         return {
-            "refs": f"results/data/{name}/refs(unc).p",
-            "instances": f"results/data/{name}/instances.json",
-            "images": f"results/data/{name}/images",
+            "refs": results(f"data/{name}/refs(unc).p"),
+            "instances": results(f"data/{name}/instances.json"),
+            "images": results(f"data/{name}/images"),
         }
-    return {dl: f"data/{dl}" for dl in ds.get("downloads", [])}
+    return {dl: f"data/{dl}" for dl in ds["downloads"]}
 
 
 def train_cache(wildcards):
-    return (
-        f"results/cache/{wildcards.dataset}/{dataset_cfg(wildcards)['train_split']}.h5"
-    )
+    split = dataset_cfg(wildcards)["train_split"]
+    return results(f"cache/{wildcards.dataset}/{split}.h5")
 
 
 def backbone_cfg(wildcards):
@@ -145,10 +149,10 @@ def weights_input(wildcards):
     bb = backbone_cfg(wildcards)
     if not bb["pretrained"]:
         return []
-    if bb.get("weights_path"):
+    if bb["weights_path"]:
         return bb["weights_path"]
-    if bb.get("pretrain"):
-        return f"results/weights/{wildcards.backbone}.pth"
+    if bb["pretrain"]:
+        return results(f"weights/{wildcards.backbone}.pth")
     return f"data/weights/{wildcards.backbone}.pth"
 
 
@@ -172,12 +176,12 @@ def pretrain_inputs(wildcards):
 
 
 def feature_input(wildcards):
-    if not config["train"].get("feature_cache", False):
+    if not config["train"]["feature_cache"]:
         return []
     if not backbone_cfg(wildcards)["freeze_trunk"]:
         return []
     split = dataset_cfg(wildcards)["train_split"]
-    return f"results/features/{wildcards.dataset}/{wildcards.backbone}/{split}.h5"
+    return results(f"features/{wildcards.dataset}/{wildcards.backbone}/{split}.h5")
 
 
 def train_params(wildcards):
@@ -189,7 +193,9 @@ def train_params(wildcards):
             "backbone": wildcards.backbone,
             "fusion": wildcards.fusion,
             "backbone_cfg": {
-                k: v for k, v in backbone_cfg(wildcards).items() if k != "letter"
+                k: v
+                for k, v in backbone_cfg(wildcards).items()
+                if k not in ("letter", "weights_url")
             },
             "model": config["model"],
             "train": {
@@ -206,13 +212,15 @@ def crf_params():
     )
 
 
-def eval_pairs():
-    """(dataset, split) for every evaluated split, in config order."""
-    return [
-        (name, split)
-        for name, ds in config["datasets"].items()
-        for split in ds["eval_splits"]
-    ]
+def metric_files():
+    """``{dataset: {split: {model: csv}}}``, every evaluated split in config order."""
+    return {
+        d: {
+            s: {m: results(f"metrics/{d}/{m}/{s}.csv") for m in MODELS}
+            for s in ds["eval_splits"]
+        }
+        for d, ds in config["datasets"].items()
+    }
 
 
 def baseline_splits():
@@ -221,10 +229,11 @@ def baseline_splits():
         {
             "dataset": d,
             "split": s,
-            "cache": f"results/cache/{d}/{s}.h5",
+            "cache": results(f"cache/{d}/{s}.h5"),
             "source": dataset_source(d),
         }
-        for d, s in eval_pairs()
+        for d, ds in config["datasets"].items()
+        for s in ds["eval_splits"]
     ]
 
 
@@ -236,14 +245,18 @@ def baseline_inputs(wildcards):
     return files
 
 
-def metric_files(ext):
+def metric_csvs():
+    """The files of ``metric_files()`` as a list (the tables' inputs)."""
     return [
-        f"results/metrics/{d}/{m}/{s}.{ext}" for d, s in eval_pairs() for m in MODELS
+        path
+        for splits in metric_files().values()
+        for models in splits.values()
+        for path in models.values()
     ]
 
 
 def table_spec():
-    """What the tables rule needs to know (JSON): rows, columns, letters, length tables."""
+    """The table-building settings (JSON): rows, columns, letters, length tables."""
     return json.dumps(
         {
             "datasets": {n: ds["eval_splits"] for n, ds in config["datasets"].items()},
@@ -251,19 +264,24 @@ def table_spec():
             "fusions": FUSIONS,
             "dcrf": config["crf"]["enabled"],
             "length": config["tables"]["length"],
-            "paper": config["tables"].get("paper"),
+            "paper": config["tables"]["paper"],
             "thresholds": config["evaluate"]["thresholds"],
+            # RefCOCO, RefCOCO+ and RefCOCOg images are COCO train2014 images
+            "coco_datasets": [
+                n for n, ds in config["datasets"].items() if ds["format"] == "refer"
+            ],
         },
         sort_keys=True,
     )
 
 
 def table_outputs(for_report=False):
-    """The tables rule's files; ``for_report`` wraps them with report() (category Tables)."""
-    out = ["results/table1.csv", "results/table1.md", "results/precision.csv"]
-    out += [f"results/{t}.csv" for t in config["tables"]["length"]]
-    if config["tables"].get("paper"):
-        out.append("results/table1_vs_paper.csv")
+    """The tables' files; ``for_report`` wraps them with report() (category Tables)."""
+    names = ["table1.csv", "table1.md", "precision.csv"]
+    names += [f"{t}.csv" for t in config["tables"]["length"]]
+    if config["tables"]["paper"]:
+        names.append("table1_vs_paper.csv")
+    out = [results(name) for name in names]
     if not for_report:
         return out
     captions = {
@@ -293,18 +311,21 @@ def figure_inputs(wildcards):
     """Both fusions of a backbone, the figure split's cache and RMI's (+DCRF) predictions."""
     split = config["figures"]["split"]
     rmi = f"{wildcards.backbone}_rmi" + ("_dcrf" if config["crf"]["enabled"] else "")
-    prefix = f"results/models/{wildcards.dataset}/{wildcards.backbone}"
+    prefix = results(f"models/{wildcards.dataset}/{wildcards.backbone}")
     return {
         "lstm": f"{prefix}_lstm/model.pt",
         "rmi": f"{prefix}_rmi/model.pt",
-        "cache": f"results/cache/{wildcards.dataset}/{split}.h5",
-        "prediction": f"results/predictions/{wildcards.dataset}/{rmi}/{split}.h5",
+        "cache": results(f"cache/{wildcards.dataset}/{split}.h5"),
+        "prediction": results(f"predictions/{wildcards.dataset}/{rmi}/{split}.h5"),
     }
 
 
 def figure_label(wildcards):
-    letter = config["backbones"][wildcards.backbone]["letter"]
-    return f"{letter}+RMI" + ("+DCRF" if config["crf"]["enabled"] else "")
+    """The row label of the figures' model, e.g. ``R+RMI+DCRF``."""
+    parts = [config["backbones"][wildcards.backbone]["letter"], "RMI"]
+    if config["crf"]["enabled"]:
+        parts.append("DCRF")
+    return "+".join(parts)
 
 
 def figure_targets():
@@ -312,14 +333,14 @@ def figure_targets():
     if not config["figures"]["enabled"]:
         return []
     out = [
-        f"results/figures/{d}/{b}_{f}_loss.png"
+        results(f"figures/{d}/{b}_{f}_loss.png")
         for d in DATASETS
         for b in BACKBONES
         for f in FUSIONS
     ]
     if set(FUSIONS) == {"lstm", "rmi"}:
         out += [
-            f"results/figures/{d}/{b}/qualitative.png"
+            results(f"figures/{d}/{b}/qualitative.png")
             for d in DATASETS
             for b in BACKBONES
             if config["figures"]["split"] in config["datasets"][d]["eval_splits"]
@@ -328,4 +349,4 @@ def figure_targets():
 
 
 def all_targets():
-    return table_outputs() + figure_targets() + ["results/baselines.csv"]
+    return table_outputs() + figure_targets() + [results("baselines.csv")]

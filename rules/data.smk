@@ -4,20 +4,21 @@
 # Render a generated dataset (shapes / shapes+) in the RefCOCO file layout.
 rule generate_shapes:
     output:
-        refs="results/data/{dataset}/refs(unc).p",
-        instances="results/data/{dataset}/instances.json",
-        images=directory("results/data/{dataset}/images"),
+        refs=results("data/{dataset}/refs(unc).p"),
+        instances=results("data/{dataset}/instances.json"),
+        images=directory(results("data/{dataset}/images")),
     log:
-        "logs/generate_shapes/{dataset}.log",
+        results("logs/generate_shapes/{dataset}.log"),
     conda:
         "../envs/data.yaml"
     params:
         generator=lambda wildcards: json.dumps(
             dataset_cfg(wildcards)["generator"], sort_keys=True
         ),
+        out_dir=lambda wildcards, output: os.path.dirname(output.refs),
     shell:
         "python -m workflow_scripts.generate_shapes --params {params.generator:q}"
-        " --out-dir results/data/{wildcards.dataset} > {log} 2>&1"
+        " --out-dir {params.out_dir:q} > {log} 2>&1"
 
 
 # Vocabulary of the training split: <pad> <go> <eos> <unk>, then words by frequency.
@@ -25,9 +26,9 @@ rule vocab:
     input:
         unpack(raw_inputs),
     output:
-        "results/cache/{dataset}/vocab.txt",
+        results("cache/{dataset}/vocab.txt"),
     log:
-        "logs/vocab/{dataset}.log",
+        results("logs/vocab/{dataset}.log"),
     conda:
         "../envs/data.yaml"
     params:
@@ -35,7 +36,7 @@ rule vocab:
             dataset_source(wildcards.dataset), sort_keys=True
         ),
         split=lambda wildcards: dataset_cfg(wildcards)["train_split"],
-        min_count=config.get("vocab_min_count", 1),
+        min_count=config["vocab_min_count"],
     shell:
         "python -m workflow_scripts.build_vocab --source {params.source:q} --split {params.split}"
         " --min-count {params.min_count} --out {output} > {log} 2>&1"
@@ -45,13 +46,13 @@ rule vocab:
 rule cache:
     input:
         unpack(raw_inputs),
-        vocab="results/cache/{dataset}/vocab.txt",
+        vocab=results("cache/{dataset}/vocab.txt"),
     output:
-        "results/cache/{dataset}/{split}.h5",
+        results("cache/{dataset}/{split}.h5"),
     log:
-        "logs/cache/{dataset}/{split}.log",
+        results("logs/cache/{dataset}/{split}.log"),
     benchmark:
-        "results/benchmarks/cache/{dataset}/{split}.tsv"
+        results("benchmarks/cache/{dataset}/{split}.tsv")
     conda:
         "../envs/data.yaml"
     threads: 1
@@ -63,7 +64,12 @@ rule cache:
         ),
         image_size=config["image_size"],
         max_tokens=config["max_tokens"],
+        role=lambda wildcards: (
+            "train"
+            if wildcards.split == dataset_cfg(wildcards)["train_split"]
+            else "eval"
+        ),
     shell:
         "python -m workflow_scripts.build_cache --source {params.source:q} --split {wildcards.split}"
         " --vocab {input.vocab} --image-size {params.image_size} --max-tokens {params.max_tokens}"
-        " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        " --dataset {wildcards.dataset} --role {params.role} --out {output} > {log} 2>&1"

@@ -5,14 +5,14 @@
 
 rule densecrf:
     input:
-        pred="results/predictions/{dataset}/{backbone}_{fusion}/{split}.h5",
-        cache="results/cache/{dataset}/{split}.h5",
+        pred=results("predictions/{dataset}/{backbone}_{fusion}/{split}.h5"),
+        cache=results("cache/{dataset}/{split}.h5"),
     output:
-        "results/predictions/{dataset}/{backbone}_{fusion}_dcrf/{split}.h5",
+        results("predictions/{dataset}/{backbone}_{fusion}_dcrf/{split}.h5"),
     log:
-        "logs/densecrf/{dataset}/{backbone}_{fusion}/{split}.log",
+        results("logs/densecrf/{dataset}/{backbone}_{fusion}/{split}.log"),
     benchmark:
-        "results/benchmarks/densecrf/{dataset}/{backbone}_{fusion}/{split}.tsv"
+        results("benchmarks/densecrf/{dataset}/{backbone}_{fusion}/{split}.tsv")
     conda:
         "../envs/eval.yaml"
     threads: 2

@@ -8,7 +8,7 @@ rule download:
     output:
         directory("data/{download}"),
     log:
-        "logs/download/{download}.log",
+        results("logs/download/{download}.log"),
     conda:
         "../envs/data.yaml"
     params:
@@ -25,10 +25,10 @@ rule fetch_weights:
     output:
         "data/weights/{backbone}.pth",
     log:
-        "logs/fetch_weights/{backbone}.log",
+        results("logs/fetch_weights/{backbone}.log"),
     conda:
         "../envs/train.yaml"
     params:
-        url=lambda wildcards: backbone_cfg(wildcards).get("weights_url") or "",
+        url=lambda wildcards: backbone_cfg(wildcards)["weights_url"] or "",
     shell:
         "python -m workflow_scripts.fetch_weights --backbone {wildcards.backbone} --url={params.url:q} --out {output} > {log} 2>&1"

@@ -4,13 +4,13 @@
 
 rule evaluate:
     input:
-        pred="results/predictions/{dataset}/{model}/{split}.h5",
-        cache="results/cache/{dataset}/{split}.h5",
+        pred=results("predictions/{dataset}/{model}/{split}.h5"),
+        cache=results("cache/{dataset}/{split}.h5"),
     output:
-        csv="results/metrics/{dataset}/{model}/{split}.csv",
-        json="results/metrics/{dataset}/{model}/{split}.json",
+        csv=results("metrics/{dataset}/{model}/{split}.csv"),
+        json=results("metrics/{dataset}/{model}/{split}.json"),
     log:
-        "logs/evaluate/{dataset}/{model}/{split}.log",
+        results("logs/evaluate/{dataset}/{model}/{split}.log"),
     conda:
         "../envs/eval.yaml"
     threads: 1
@@ -18,9 +18,11 @@ rule evaluate:
         mem_mb=4000,
     params:
         thresholds=" ".join(map(str, config["evaluate"]["thresholds"])),
+        resize=config["evaluate"]["resize"],
     shell:
         "python -m workflow_scripts.evaluate --pred {input.pred} --cache {input.cache}"
-        " --thresholds {params.thresholds} --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"
+        " --thresholds {params.thresholds} --resize {params.resize}"
+        " --out-csv {output.csv} --out-json {output.json} > {log} 2>&1"
 
 
 # Language-blind baselines of every evaluated split (the largest annotated object of the image; the
@@ -29,9 +31,9 @@ rule baselines:
     input:
         unpack(baseline_inputs),
     output:
-        "results/baselines.csv",
+        results("baselines.csv"),
     log:
-        "logs/baselines/baselines.log",
+        results("logs/baselines/baselines.log"),
     conda:
         "../envs/eval.yaml"
     params:

@@ -10,7 +10,7 @@ rule figures:
     output:
         progression=report(
             expand(
-                "results/figures/{{dataset}}/{{backbone}}/progression_{i}.png",
+                results("figures/{{dataset}}/{{backbone}}/progression_{i}.png"),
                 i=range(N_FIGURE_EXPRESSIONS),
             ),
             caption="../report/progression.rst",
@@ -19,7 +19,7 @@ rule figures:
         ),
         response=report(
             expand(
-                "results/figures/{{dataset}}/{{backbone}}/response_{i}.png",
+                results("figures/{{dataset}}/{{backbone}}/response_{i}.png"),
                 i=range(N_FIGURE_EXPRESSIONS),
             ),
             caption="../report/response.rst",
@@ -27,13 +27,13 @@ rule figures:
             subcategory="{dataset}: mLSTM response maps",
         ),
         qualitative=report(
-            "results/figures/{dataset}/{backbone}/qualitative.png",
+            results("figures/{dataset}/{backbone}/qualitative.png"),
             caption="../report/qualitative.rst",
             category="Figures",
             subcategory="{dataset}: qualitative results",
         ),
     log:
-        "logs/figures/{dataset}/{backbone}.log",
+        results("logs/figures/{dataset}/{backbone}.log"),
     conda:
         "../envs/eval.yaml"
     threads: 1
@@ -54,16 +54,16 @@ rule figures:
 # Loss and learning rate against the step, from the training log.
 rule loss_curve:
     input:
-        "results/models/{dataset}/{backbone}_{fusion}/train_log.csv",
+        results("models/{dataset}/{backbone}_{fusion}/train_log.csv"),
     output:
         report(
-            "results/figures/{dataset}/{backbone}_{fusion}_loss.png",
+            results("figures/{dataset}/{backbone}_{fusion}_loss.png"),
             caption="../report/loss_curve.rst",
             category="Training curves",
             subcategory="{dataset}",
         ),
     log:
-        "logs/loss_curve/{dataset}/{backbone}_{fusion}.log",
+        results("logs/loss_curve/{dataset}/{backbone}_{fusion}.log"),
     conda:
         "../envs/eval.yaml"
     shell:

@@ -5,16 +5,17 @@
 # breakdowns (Tables 2-5) and, for the paper config, the comparison with the published values.
 rule tables:
     input:
-        csv=metric_files("csv"),
-        json=metric_files("json"),
+        metric_csvs(),
     output:
         table_outputs(for_report=True),
     log:
-        "logs/tables/tables.log",
+        results("logs/tables/tables.log"),
     conda:
         "../envs/eval.yaml"
     params:
         spec=table_spec(),
+        metrics=json.dumps(metric_files()),
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "python -m workflow_scripts.tables --spec {params.spec:q} --metrics-dir results/metrics"
-        " --out-dir results > {log} 2>&1"
+        "python -m workflow_scripts.tables --spec {params.spec:q} --metrics {params.metrics:q}"
+        " --out-dir {params.out_dir:q} > {log} 2>&1"

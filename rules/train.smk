@@ -9,11 +9,11 @@ rule pretrain_backbone:
     input:
         pretrain_inputs,
     output:
-        "results/weights/{backbone}.pth",
+        results("weights/{backbone}.pth"),
     log:
-        "logs/pretrain_backbone/{backbone}.log",
+        results("logs/pretrain_backbone/{backbone}.log"),
     benchmark:
-        "results/benchmarks/pretrain_backbone/{backbone}.tsv"
+        results("benchmarks/pretrain_backbone/{backbone}.tsv")
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -39,14 +39,14 @@ rule pretrain_backbone:
 # fusions of a backbone; only used when train.feature_cache is true.
 rule extract_features:
     input:
-        cache="results/cache/{dataset}/{split}.h5",
+        cache=results("cache/{dataset}/{split}.h5"),
         weights=weights_input,
     output:
-        "results/features/{dataset}/{backbone}/{split}.h5",
+        results("features/{dataset}/{backbone}/{split}.h5"),
     log:
-        "logs/extract_features/{dataset}/{backbone}/{split}.log",
+        results("logs/extract_features/{dataset}/{backbone}/{split}.log"),
     benchmark:
-        "results/benchmarks/extract_features/{dataset}/{backbone}/{split}.tsv"
+        results("benchmarks/extract_features/{dataset}/{backbone}/{split}.tsv")
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -66,22 +66,21 @@ rule extract_features:
         " --out {output} > {log} 2>&1"
 
 
-# Train the LSTM baseline or RMI. Checkpoints go to results/checkpoints/ (not an output, so a
-# killed, preempted or requeued job resumes from them); the checkpoint interval is not a param
-# because it does not change the weights.
+# Train the LSTM baseline or RMI. Checkpoints go to <results_dir>/checkpoints/ (not an output, so
+# a killed, preempted or requeued job resumes from them).
 rule train:
     input:
         cache=train_cache,
-        vocab="results/cache/{dataset}/vocab.txt",
+        vocab=results("cache/{dataset}/vocab.txt"),
         weights=weights_input,
         features=feature_input,
     output:
-        model="results/models/{dataset}/{backbone}_{fusion}/model.pt",
-        log="results/models/{dataset}/{backbone}_{fusion}/train_log.csv",
+        model=results("models/{dataset}/{backbone}_{fusion}/model.pt"),
+        log=results("models/{dataset}/{backbone}_{fusion}/train_log.csv"),
     log:
-        "logs/train/{dataset}/{backbone}_{fusion}.log",
+        results("logs/train/{dataset}/{backbone}_{fusion}.log"),
     benchmark:
-        "results/benchmarks/train/{dataset}/{backbone}_{fusion}.tsv"
+        results("benchmarks/train/{dataset}/{backbone}_{fusion}.tsv")
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -91,12 +90,13 @@ rule train:
         runtime=2880,
     params:
         hparams=train_params,
-        checkpoint_dir="results/checkpoints/{dataset}/{backbone}_{fusion}",
-    # checkpoint_every is read from config in the shell on purpose (lint: "uses variable config"):
-    # it is no params entry because changing how often to checkpoint must not retrain.
+        checkpoint_dir=results("checkpoints/{dataset}/{backbone}_{fusion}"),
+        # How often to checkpoint does not change the weights: a function of `output` is a
+        # "derived" param, which Snakemake does not count as a rerun trigger.
+        checkpoint_every=lambda wildcards, output: config["train"]["checkpoint_every"],
     shell:
         "python -m workflow_scripts.train --cache {input.cache}"
         " --vocab {input.vocab} --hparams {params.hparams:q} --weights={input.weights}"
         " --features={input.features} --checkpoint-dir {params.checkpoint_dir}"
-        " --checkpoint-every {config[train][checkpoint_every]} --threads {threads}"
+        " --checkpoint-every {params.checkpoint_every} --threads {threads}"
         " --out-model {output.model} --out-log {output.log} > {log} 2>&1"

@@ -94,7 +94,9 @@ def build_shapes_caches(
     vocab.save(out["vocab"])
     for split, recs in records.items():
         out[split] = root / "cache" / f"{split}.h5"
-        build_cache(recs, vocab, out[split], image_size, max_tokens, dataset="shapes", split=split)
+        build_cache(
+            recs, vocab, out[split], image_size, max_tokens, dataset="shapes", split=split, train=split == "train"
+        )
     return out
 
 
@@ -134,6 +136,20 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
         )
     )
     return out / "model.pt"
+
+
+def process_group(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group ``pgid`` (Linux ``/proc``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
 
 
 def one_line_error(fn, *args, error=InputError, **kw) -> str:

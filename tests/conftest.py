@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,8 @@ def rng():
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+#: where the tiny config's rules write (relative to the working directory)
+TINY_RESULTS = yaml.safe_load(TINY_CONFIG.read_text())["results_dir"]
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, cores: int = 2, check: bool = True):

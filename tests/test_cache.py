@@ -23,7 +23,7 @@ def built(tmp_path):
     records = make_records(tmp_path / "images")
     vocab = Vocab.build(r.sentence for r in records)
     out = tmp_path / "cache" / "train.h5"
-    attrs = build_cache(records, vocab, out, image_size=S, max_tokens=6, dataset="toy", split="train")
+    attrs = build_cache(records, vocab, out, image_size=S, max_tokens=6, dataset="toy", split="train", train=True)
     return records, vocab, out, attrs
 
 
@@ -57,19 +57,32 @@ def test_skips_are_counted_and_errors_name_the_file(tmp_path):
     records[1].sentence = "?!,"
     records[2].sentence = "Ünïcode wörds ok"
     vocab = Vocab.build(r.sentence for r in records)
-    attrs = build_cache(records, vocab, tmp_path / "a.h5", image_size=S)
+    attrs = build_cache(records, vocab, tmp_path / "a.h5", image_size=S, train=True)
     assert attrs["n_skipped"] == 2 and json.loads(attrs["skipped"]) == {"empty expression": 2}
     assert len(CacheReader(tmp_path / "a.h5")) == 8
 
     with pytest.raises(InputError, match="split has no expressions"):
-        build_cache([], vocab, tmp_path / "b.h5", image_size=S, dataset="toy", split="val")
+        build_cache([], vocab, tmp_path / "b.h5", image_size=S, dataset="toy", split="val", train=False)
 
     bad = records[4].image_path
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     with pytest.raises(InputError) as err:
-        build_cache(records, vocab, tmp_path / "c.h5", image_size=S)
+        build_cache(records, vocab, tmp_path / "c.h5", image_size=S, train=True)
     assert str(bad) in str(err.value) and "corrupt or truncated" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "c.h5").exists() and not list(tmp_path.glob(".c.h5*"))
+
+
+def test_eval_split_keeps_every_expression(tmp_path):
+    records = make_records(tmp_path / "images", split="val")
+    vocab = Vocab.build(r.sentence for r in records[4:])
+    records[0].sentence, records[1].sentence, records[2].sentence = "  ", "?!,", "."
+    attrs = build_cache(records, vocab, tmp_path / "val.h5", image_size=S, split="val", train=False)
+    reader = CacheReader(tmp_path / "val.h5")
+    assert attrs["role"] == "eval" and attrs["n_skipped"] == 0 and json.loads(attrs["skipped"]) == {}
+    assert list(reader.sent_id) == [r.sent_id for r in records]
+    # no token at all: all <pad>, n_tokens 0; punctuation is a token, as the official tokenizer keeps it
+    assert reader.n_tokens[:3].tolist() == [0, 1, 0]
+    assert not reader.tokens[[0, 2]].any() and reader.tokens[1].tolist() == [0] * 19 + [vocab.index["<unk>"]]
 
 
 def test_dataset_batches_hold_each_image_once(built):

@@ -61,7 +61,7 @@ def test_params_from_config():
 def test_refine_file_pool_equals_in_process(tmp_path, rng):
     records = make_records(tmp_path / "images")
     vocab = Vocab.build(r.sentence for r in records)
-    build_cache(records, vocab, tmp_path / "val.h5", image_size=S)
+    build_cache(records, vocab, tmp_path / "val.h5", image_size=S, train=False)
     reader = CacheReader(tmp_path / "val.h5")
     n = len(reader)
     logits = rng.normal(0, 2, (n, S // 8, S // 8)).astype(np.float32)

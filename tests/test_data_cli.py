@@ -47,6 +47,8 @@ def vocab_and_cache(source: dict, split: str, out: Path, dataset: str) -> CacheR
             "5",
             "--dataset",
             dataset,
+            "--role",
+            "train" if split == "train" else "eval",
             "--out",
             str(out / f"{split}.h5"),
         ]
@@ -83,6 +85,8 @@ def test_input_error_exits_1_with_one_line(tmp_path):
             json.dumps(source),
             "--split",
             "train",
+            "--min-count",
+            "1",
             "--out",
             str(tmp_path / "vocab.txt"),
         ],

@@ -327,11 +327,12 @@ def test_snakemake_download_rule(http_server, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert leftovers(work / "data" / "refcoco+") == [".snakemake_timestamp", "images", "refcoco+"]
     assert leftovers(work / "data" / "refcoco+" / "refcoco+") == ["instances.json", "refs(unc).p"]
-    assert "verified refcoco+.zip" in (work / "logs" / "download" / "refcoco+.log").read_text()
+    logs = work / config["results_dir"] / "logs" / "download"  # logs live with the config's results
+    assert "verified refcoco+.zip" in (logs / "refcoco+.log").read_text()
 
     run = _snakemake(work, config_file, "data/broken")
     assert run.returncode != 0
-    log = (work / "logs" / "download" / "broken.log").read_text()
+    log = (logs / "broken.log").read_text()
     assert (
         log.strip().splitlines()[-1]
         == f"error: {base}/refcoco+.zip: sha256 mismatch: expected {'0' * 64}, got {sha256(data)}"

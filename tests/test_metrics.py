@@ -51,7 +51,7 @@ def test_overall_and_mean_iou_differ():
 def cache(tmp_path):
     records = make_records(tmp_path / "images")
     vocab = Vocab.build(r.sentence for r in records)
-    build_cache(records, vocab, tmp_path / "val.h5", image_size=S)
+    build_cache(records, vocab, tmp_path / "val.h5", image_size=S, train=False)
     return tmp_path / "val.h5", records
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from builders import build_shapes_caches, train_tiny
 from rmi.data.cache import CacheReader
+from rmi.data.transforms import resize_and_crop, resize_and_pad_image, upsample_logits
 from rmi.inference import predict_image, predict_split
 from rmi.model_file import load_model
 from rmi.prediction_file import PredictionReader
@@ -88,7 +89,12 @@ def test_predict_image_probability_and_mask(trained):
     image = np.full((50, 80, 3), 128, np.uint8)
     pred = predict_image(model, info, image, "red circle on the left")
     assert pred.probability.shape == (50, 80) and pred.mask.dtype == bool
-    np.testing.assert_array_equal(pred.mask, pred.probability > 0.5)
+    # the mask is the official one: upsampled logits >= 1e-9 at S x S, then resize_and_crop
+    tokens = torch.from_numpy(info.vocab.encode("red circle on the left", info.max_tokens))[None]
+    padded = torch.from_numpy(resize_and_pad_image(image, info.image_size).transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        up = upsample_logits(model(tokens, torch.zeros(1, dtype=torch.int64), images=padded), info.image_size)
+    np.testing.assert_array_equal(pred.mask, resize_and_crop(up[0, 0].numpy() >= np.float32(1e-9), 50, 80))
     assert pred.tokens == ["red", "circle", "on", "the", "left"]
 
 

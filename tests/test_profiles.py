@@ -27,13 +27,14 @@ def job_resources(dry_run: str) -> list[tuple[str, dict[str, str]]]:
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("paper")
+    paper = REPO / "config" / "paper.yaml"
     out = snakemake(
         workdir,
         "-n",
         "--profile",
         str(REPO / "profiles" / "slurm"),
-        "results/table1.csv",
-        configfile=REPO / "config" / "paper.yaml",
+        f"{yaml.safe_load(paper.read_text())['results_dir']}/table1.csv",
+        configfile=paper,
     ).stdout
     return out
 

@@ -181,7 +181,7 @@ def test_cache_round_trip_from_loader(tmp_path):
     spec = write_refer_dataset(tmp_path)
     recs = load_split(spec, "train")
     vocab = Vocab.build(r.sentence for r in recs)
-    build_cache(recs, vocab, tmp_path / "train.h5", image_size=32, dataset="refcoco", split="train")
+    build_cache(recs, vocab, tmp_path / "train.h5", image_size=32, dataset="refcoco", split="train", train=True)
     reader = CacheReader(tmp_path / "train.h5")
     assert list(reader.sent_id) == [1001, 1002, 1021] and reader.n_images == 2
     np.testing.assert_array_equal(reader.original_mask(2), annotations()[12][2])
@@ -288,10 +288,11 @@ def test_missing_and_corrupt_images_are_errors_of_the_cache_builder(tmp_path):
     vocab = Vocab.build(r.sentence for r in recs)
     image = recs[2].image_path
     image.write_bytes(image.read_bytes()[:100])
-    msg = one_line_error(build_cache, recs, vocab, tmp_path / "a.h5", image_size=32)
+    msg = one_line_error(build_cache, recs, vocab, tmp_path / "a.h5", image_size=32, train=True)
     assert msg.startswith(f"{image}: corrupt or truncated image")
     image.unlink()
     assert (
-        one_line_error(build_cache, recs, vocab, tmp_path / "a.h5", image_size=32) == f"{image}: image file is missing"
+        one_line_error(build_cache, recs, vocab, tmp_path / "a.h5", image_size=32, train=True)
+        == f"{image}: image file is missing"
     )
     assert not list(tmp_path.glob("*a.h5*"))

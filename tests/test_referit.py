@@ -11,7 +11,7 @@ import scipy.io
 from PIL import Image
 
 from builders import one_line_error
-from rmi.data.cache import CacheReader, build_cache
+from rmi.data.cache import CacheReader, build_cache, tokenize_expressions
 from rmi.data.masks import MatFileMask
 from rmi.data.referit import load_referit
 from rmi.data.sources import load_split
@@ -92,6 +92,7 @@ def test_through_sources_and_cache(tmp_path):
         image_size=32,
         dataset="referit",
         split="test",
+        train=False,
     )
     reader = CacheReader(tmp_path / "test.h5")
     assert list(reader.sent_id) == [700100, 700200, 700201, 1200100] and reader.n_images == 2
@@ -104,6 +105,17 @@ def test_real_split_file_ids_are_unique():
     recs = load_referit(REAL_TEST, Path("images"), Path("mask"), "test")
     assert len(recs) == 60105
     assert len({r.sent_id for r in recs}) == 60105 and len({r.ref_id for r in recs}) == 49730
+
+
+def test_real_test_split_scores_60105_expressions():
+    """Official ReferIt test count: every expression of the split file reaches the eval cache."""
+    if not REAL_TEST.is_file():
+        pytest.skip("real ReferIt split file not available")
+    spec = {"format": "referit", "query_dir": str(REAL_TEST.parent), "image_dir": "images", "mask_dir": "mask"}
+    records = load_split(spec, "test")
+    kept, skipped = tokenize_expressions(records, train=False)
+    assert len(kept) == 60105 and not skipped
+    assert [rec for rec, _ in kept] == records
 
 
 def test_missing_file_lists_the_split_files(tmp_path):
@@ -151,14 +163,55 @@ def test_missing_mask_is_a_counted_skip_in_the_cache(tmp_path):
     write_referit_dataset(tmp_path)
     recs = load(tmp_path)
     (tmp_path / "mask" / "7_2.mat").unlink()
-    attrs = build_cache(recs, Vocab.build(r.sentence for r in recs), tmp_path / "c.h5", image_size=32)
+    attrs = build_cache(recs, Vocab.build(r.sentence for r in recs), tmp_path / "c.h5", image_size=32, train=True)
     assert attrs["n_skipped"] == 2 and json.loads(attrs["skipped"]) == {"bad mask": 2}
     assert list(CacheReader(tmp_path / "c.h5").sent_id) == [700100, 1200100]
+
+
+@pytest.mark.parametrize("problem", ["missing", "no segimg_t", "corrupt"])
+def test_bad_mask_in_an_eval_split_is_a_one_line_error(tmp_path, problem):
+    write_referit_dataset(tmp_path)
+    recs = load(tmp_path)
+    mat = tmp_path / "mask" / "7_2.mat"
+    if problem == "missing":
+        mat.unlink()
+    elif problem == "no segimg_t":
+        scipy.io.savemat(mat, {"other": np.zeros((2, 2))})
+    else:
+        mat.write_bytes(b"MATLAB 5.0 truncated")
+    vocab = Vocab.build(r.sentence for r in recs)
+    msg = one_line_error(build_cache, recs, vocab, tmp_path / "c.h5", image_size=32, split="test", train=False)
+    assert msg.startswith(f"{mat}: ")
+    assert not list(tmp_path.glob("*c.h5*"))
+
+
+def test_training_split_skips_are_counted_per_reason_and_eval_keeps_empty_masks(tmp_path):
+    write_referit_dataset(tmp_path, split="trainval")
+    recs = load(tmp_path, "trainval")
+    scipy.io.savemat(tmp_path / "mask" / "7_1.mat", {"segimg_t": np.ones((20, 30), np.uint8)})  # empty object
+    scipy.io.savemat(tmp_path / "mask" / "12_1.mat", {"other": np.zeros((2, 2))})
+    vocab = Vocab.build(r.sentence for r in recs)
+    attrs = build_cache(recs, vocab, tmp_path / "train.h5", image_size=32, train=True)
+    assert json.loads(attrs["skipped"]) == {"bad mask": 1, "empty mask": 1} and attrs["role"] == "train"
+    assert list(CacheReader(tmp_path / "train.h5").sent_id) == [700200, 700201]
+    # evaluated, the same files: the empty object is kept (and scored), the key-less .mat is an error
+    msg = one_line_error(build_cache, recs, vocab, tmp_path / "val.h5", image_size=32, train=False)
+    assert msg == f"{tmp_path / 'mask' / '12_1.mat'}: no 'segimg_t' variable in .mat file"
+    (tmp_path / "mask" / "12_1.mat").unlink()
+    scipy.io.savemat(tmp_path / "mask" / "12_1.mat", {"segimg_t": (~crop_mask("12_1")).astype(np.uint8)})
+    attrs = build_cache(recs, vocab, tmp_path / "val.h5", image_size=32, train=False)
+    reader = CacheReader(tmp_path / "val.h5")
+    assert attrs["n_skipped"] == 0 and attrs["role"] == "eval" and len(reader) == 4
+    assert not reader.original_mask(0).any()
 
 
 def test_missing_image_is_an_error_of_the_cache_builder(tmp_path):
     write_referit_dataset(tmp_path)
     recs = load(tmp_path)
     (tmp_path / "images" / "12.jpg").unlink()
-    msg = one_line_error(build_cache, recs, Vocab.build(r.sentence for r in recs), tmp_path / "c.h5", image_size=32)
+    vocab = Vocab.build(r.sentence for r in recs)
+    msg = one_line_error(build_cache, recs, vocab, tmp_path / "c.h5", image_size=32, train=False)
     assert msg == f"{tmp_path / 'images' / '12.jpg'}: image file is missing"
+    (tmp_path / "images" / "7.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    msg = one_line_error(build_cache, recs, vocab, tmp_path / "c.h5", image_size=32, train=False)
+    assert msg.startswith(f"{tmp_path / 'images' / '7.jpg'}: corrupt or truncated image")

@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import snakemake
+from conftest import TINY_RESULTS, snakemake
 from PIL import Image
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -21,7 +21,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 @pytest.fixture(scope="module")
 def report(completed_tiny_run):
-    out = completed_tiny_run / "results" / "report.html"
+    out = completed_tiny_run / TINY_RESULTS / "report.html"
     snakemake(completed_tiny_run, "--report", str(out))
     return out
 
@@ -35,7 +35,7 @@ def embedded(html: str, name: str) -> bytes:
 
 def test_report_embeds_tables_and_figures(completed_tiny_run, report):
     html = report.read_text()
-    res = completed_tiny_run / "results"
+    res = completed_tiny_run / TINY_RESULTS
     assert embedded(html, "table1.csv") == (res / "table1.csv").read_bytes()
     assert embedded(html, "table2.csv") == (res / "table2.csv").read_bytes()
     assert embedded(html, "precision.csv") == (res / "precision.csv").read_bytes()

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import REPO, planned_jobs, snakemake
+from conftest import REPO, TINY_RESULTS, planned_jobs, snakemake
 
 pytestmark = [
     pytest.mark.slurm,
@@ -85,5 +85,5 @@ def test_tiny_dag_runs_as_slurm_jobs(completed_tiny_run, tmp_path):
             tres = job_tres(job_id)
             assert ("gpu" in tres) == (rule in GPU_RULES), f"{rule} job {job_id}: {tres}"
 
-    local = completed_tiny_run / "results" / "table1.csv"
-    assert (workdir / "results" / "table1.csv").read_text() == local.read_text()
+    local = completed_tiny_run / TINY_RESULTS / "table1.csv"
+    assert (workdir / TINY_RESULTS / "table1.csv").read_text() == local.read_text()

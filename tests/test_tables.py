@@ -17,6 +17,7 @@ SPEC = {
     "length": {"table5": {"dataset": "referit", "split": "test", "buckets": [[1, 1], [2, 2], [3, 4], [5, 20]]}},
     "paper": {"R+RMI": {"unc val": 39.74, "referit test": 54.55}, "D+LSTM+DCRF": {"unc testA": 44.25}},
     "thresholds": [0.5, 0.9],
+    "coco_datasets": ["unc"],
 }
 MODELS = [f"{b}_{f}{s}" for b in ("resnet101", "deeplab101") for s in ("", "_dcrf") for f in ("lstm", "rmi")]
 
@@ -45,12 +46,20 @@ def metrics_dir(tmp_path, rng):
     return root
 
 
+def files(metrics_dir):
+    """The metrics mapping the tables rule passes: ``{dataset: {split: {model: csv}}}``."""
+    return {
+        d: {s: {m: str(metrics_dir / d / m / f"{s}.csv") for m in MODELS} for s in splits}
+        for d, splits in SPEC["datasets"].items()
+    }
+
+
 def read(metrics_dir, dataset, model, split):
     return pd.read_csv(metrics_dir / dataset / model / f"{split}.csv")
 
 
 def test_table1_recomputes_from_csvs(metrics_dir, tmp_path):
-    write_tables(SPEC, metrics_dir, tmp_path / "out")
+    write_tables(SPEC, files(metrics_dir), tmp_path / "out")
     t1 = pd.read_csv(tmp_path / "out" / "table1.csv")
     assert list(t1.columns) == ["model", "unc val", "unc testA", "referit test"]
     assert list(t1["model"]) == [
@@ -74,7 +83,7 @@ def test_table1_recomputes_from_csvs(metrics_dir, tmp_path):
 
 
 def test_precision_table(metrics_dir, tmp_path):
-    write_tables(SPEC, metrics_dir, tmp_path)
+    write_tables(SPEC, files(metrics_dir), tmp_path)
     p = pd.read_csv(tmp_path / "precision.csv")
     assert list(p.columns) == ["model", "dataset", "split", "n", "oIoU", "mIoU", "prec@0.5", "prec@0.9"]
     assert len(p) == 8 * 3
@@ -85,7 +94,7 @@ def test_precision_table(metrics_dir, tmp_path):
 
 
 def test_length_table_buckets_and_relative_gain(metrics_dir, tmp_path):
-    write_tables(SPEC, metrics_dir, tmp_path)
+    write_tables(SPEC, files(metrics_dir), tmp_path)
     t = pd.read_csv(tmp_path / "table5.csv").set_index("Length")
     assert list(t.columns) == ["1", "2", "3-4", "5-20"]
     assert list(t.index) == ["R+LSTM", "R+RMI", "R Relative Gain (%)", "D+LSTM", "D+RMI", "D Relative Gain (%)", "n"]
@@ -101,9 +110,9 @@ def test_length_table_buckets_and_relative_gain(metrics_dir, tmp_path):
 
 
 def test_vs_paper(metrics_dir, tmp_path):
-    tables = write_tables(SPEC, metrics_dir, tmp_path)
+    tables = write_tables(SPEC, files(metrics_dir), tmp_path)
     v = pd.read_csv(tmp_path / "table1_vs_paper.csv")
-    assert list(v.columns) == ["model", "column", "ours", "paper", "diff"] and len(v) == 3
+    assert list(v.columns) == ["model", "column", "ours", "paper", "diff", "note"] and len(v) == 3
     ours = tables["table1.csv"].set_index("model").loc["R+RMI", "unc val"]
     row = v[(v["model"] == "R+RMI") & (v["column"] == "unc val")].iloc[0]
     assert row["ours"] == ours and row["diff"] == pytest.approx(round(ours - 39.74, 2))
@@ -112,5 +121,23 @@ def test_vs_paper(metrics_dir, tmp_path):
 def test_missing_metrics_file_is_named(metrics_dir, tmp_path):
     (metrics_dir / "unc" / "deeplab101_rmi_dcrf" / "val.csv").unlink()
     with pytest.raises(InputError, match="deeplab101_rmi_dcrf/val.csv: metrics file is missing"):
-        write_tables(SPEC, metrics_dir, tmp_path / "out")
+        write_tables(SPEC, files(metrics_dir), tmp_path / "out")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_vs_paper_notes_coco_pretraining_on_coco_datasets(metrics_dir, tmp_path):
+    write_tables(SPEC, files(metrics_dir), tmp_path)
+    v = pd.read_csv(tmp_path / "table1_vs_paper.csv", keep_default_na=False).set_index(["model", "column"])
+    # D on a COCO-image dataset: torchvision's DeepLabV3 saw those images; R rows and ReferIt have no note
+    assert "COCO train2017" in v.loc[("D+LSTM+DCRF", "unc testA"), "note"]
+    assert v.loc[("R+RMI", "unc val"), "note"] == "" and v.loc[("R+RMI", "referit test"), "note"] == ""
+    spec = {**SPEC, "paper": {"D+RMI": {"referit test": 57.34}}}
+    write_tables(spec, files(metrics_dir), tmp_path / "referit")
+    assert pd.read_csv(tmp_path / "referit" / "table1_vs_paper.csv", keep_default_na=False)["note"].tolist() == [""]
+
+
+def test_metrics_not_given_is_named(metrics_dir, tmp_path):
+    given = files(metrics_dir)
+    del given["unc"]["testA"]["resnet101_lstm"]
+    with pytest.raises(InputError, match="no file given for unc testA resnet101_lstm"):
+        write_tables(SPEC, given, tmp_path / "out")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import build_shapes_caches
+from builders import build_shapes_caches, process_group
 from rmi.data.cache import CacheReader
 from rmi.features import extract_features
 from rmi.inference import predict_split
@@ -171,6 +171,15 @@ def _weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def assert_same_training(ref: Path, cut: Path) -> None:
+    """Bit-identical weights and the same logged losses and learning rates."""
+    a, b = _weights(ref / "model.pt"), _weights(cut / "model.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = pd.read_csv(ref / "train_log.csv"), pd.read_csv(cut / "train_log.csv")
+    pd.testing.assert_frame_equal(la[["step", "loss", "lr"]], lb[["step", "loss", "lr"]])
+
+
 def test_sigkill_then_resume_is_bit_exact(caches, tmp_path):
     hp = hparams("rmi", steps=60)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -185,12 +194,7 @@ def test_sigkill_then_resume_is_bit_exact(caches, tmp_path):
     resumed = subprocess.run(_cli(caches, cut, hp, every=10), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step" in resumed.stderr
-
-    a, b = _weights(ref / "model.pt"), _weights(cut / "model.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    la, lb = pd.read_csv(ref / "train_log.csv"), pd.read_csv(cut / "train_log.csv")
-    pd.testing.assert_frame_equal(la[["step", "loss", "lr"]], lb[["step", "loss", "lr"]])
+    assert_same_training(ref, cut)
 
 
 def test_sigterm_checkpoints_and_exits_143(caches, tmp_path):
@@ -210,6 +214,36 @@ def test_sigterm_checkpoints_and_exits_143(caches, tmp_path):
     state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
     assert 0 < state["step"] < 100_000
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "train_log.csv").exists()
+
+
+def test_sigterm_to_the_process_group_with_workers(caches, tmp_path):
+    """SLURM signals every process of the job: with DataLoader workers (forced on CPU), SIGTERM to
+    the whole process group checkpoints, exits 143 and leaves no process behind; the resumed run
+    ends with the weights of an uninterrupted one."""
+    hp = hparams("rmi", steps=200)
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run(_cli(caches, ref, hp, every=10), env=_env(), check=True, capture_output=True)
+
+    cmd = [*_cli(caches, cut, hp, every=10), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    state = cut / "ckpt" / "state.pt"
+    _wait_for(lambda: state.exists() and torch.load(state, weights_only=True)["step"] >= 20, proc)
+    assert len(process_group(proc.pid)) == 3, "expected the trainer and its 2 loader workers"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == PREEMPTED_EXIT_CODE, proc.stderr.read()
+    stderr = proc.stderr.read()
+    assert "2 loader workers" in stderr and "Traceback" not in stderr and "DataLoader worker" not in stderr
+    assert 20 <= torch.load(state, weights_only=True)["step"] < 200
+    assert not (cut / "model.pt").exists()
+    deadline = time.monotonic() + 10
+    while process_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_group(proc.pid), "loader workers outlived the trainer"
+
+    resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step" in resumed.stderr
+    assert_same_training(ref, cut)
 
 
 def test_checkpoint_of_other_hparams_is_ignored(caches, tmp_path):

@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from reference_resize import official_resize_and_crop
 from scipy import ndimage
 
 from rmi.data.transforms import (
     PadGeometry,
     cell_grid,
+    resize_and_crop,
     resize_and_pad_image,
     resize_and_pad_mask,
     unpad_and_resize,
@@ -72,6 +74,42 @@ def test_bilinear_inverse_of_a_constant_map_is_constant():
     assert back.shape == (20, 50) and np.allclose(back, 0.25)
     with pytest.raises(ValueError):
         unpad_and_resize(padded, 20, 50, mode="cubic")
+
+
+def test_resize_and_crop_by_hand():
+    """One foreground pixel of an 8 x 8 map back to 12 x 16, as ``util/im_processing.resize_and_crop``.
+
+    scale = max(12/8, 16/8) = 2: the whole map is resized to R = 16, then rows 2..13 and columns
+    0..15 are cut out. Output pixel i reads input coordinate (i + 0.5) / 2 - 0.5 = i/2 - 0.25, so
+    i = 2k reads rows k-1 and k (weights 1/4, 3/4), i = 2k+1 rows k and k+1 (3/4, 1/4). Input row 2
+    is read by resized rows 3, 4, 5, 6 (crop: 1..4), input column 5 by columns 9..12. Every pixel
+    > 0 counts, even the corners of weight 1/4 x 1/4: a 4 x 4 block, where nearest neighbour on
+    the content box would give 2 x 2.
+    """
+    binary = np.zeros((8, 8), bool)
+    binary[2, 5] = True
+    expected = np.zeros((12, 16), bool)
+    expected[1:5, 9:13] = True
+    np.testing.assert_array_equal(resize_and_crop(binary, 12, 16), expected)
+    nearest = np.zeros((12, 16), bool)
+    nearest[2:4, 10:12] = True
+    np.testing.assert_array_equal(unpad_and_resize(binary, 12, 16, mode="nearest"), nearest)
+    # downscale: 8 x 8 -> R = 4 (scale 1/2), each output pixel reads input 2i + 0.5: rows 2i, 2i+1
+    np.testing.assert_array_equal(resize_and_crop(binary, 4, 3), [[0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
+    with pytest.raises(ValueError):
+        resize_and_crop(np.zeros((8, 6), bool), 12, 16)
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (427, 640), (640, 427), (375, 500), (320, 213), (333, 500), (700, 960)])
+def test_resize_and_crop_equals_skimage_0_13_port(hw, rng):
+    """scikit-image 0.26 reproduces the 2017 skimage 0.13 resize that the official evaluation ran."""
+    h, w = hw
+    yy, xx = np.mgrid[:320, :320]
+    blob = (yy - 150) ** 2 + (xx - 170) ** 2 < 90**2
+    for binary in (blob, rng.random((320, 320)) < 0.3):
+        official = official_resize_and_crop(binary.astype(np.float32), h, w)
+        assert official.shape == (h, w)
+        np.testing.assert_array_equal(resize_and_crop(binary, h, w), official > 0)
 
 
 def test_cell_grid_samples_every_eighth_pixel():

@@ -1,4 +1,5 @@
-"""The Snakemake DAG end to end: contract files, pure-aggregation tables, reruns, the paper grid plan."""
+"""The Snakemake DAG end to end: contract files, pure-aggregation tables, reruns, config isolation,
+the paper grid plan."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import h5py
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake
+from conftest import REPO, TINY_CONFIG, TINY_RESULTS, planned_jobs, snakemake
 
 MODELS = ["tiny_lstm", "tiny_rmi", "tiny_lstm_dcrf", "tiny_rmi_dcrf"]
 SPLITS = ["val", "testA"]
 
 
 def test_contract_files(completed_tiny_run):
-    res = completed_tiny_run / "results"
+    res = completed_tiny_run / TINY_RESULTS
     table = pd.read_csv(res / "table1.csv")
     assert list(table.columns) == ["model", "shapes val", "shapes testA"]
     assert list(table["model"]) == ["T+LSTM", "T+RMI", "T+LSTM+DCRF", "T+RMI+DCRF"]
@@ -41,7 +42,7 @@ def test_contract_files(completed_tiny_run):
 
 
 def test_table1_is_pure_aggregation(completed_tiny_run):
-    res = completed_tiny_run / "results"
+    res = completed_tiny_run / TINY_RESULTS
     table = pd.read_csv(res / "table1.csv").set_index("model")
     letters = {
         "tiny_lstm": "T+LSTM",
@@ -61,9 +62,9 @@ def test_complete_run_is_up_to_date(completed_tiny_run):
     assert planned_jobs(snakemake(completed_tiny_run, "-n").stdout) == {}
 
 
-def changed_config(tmp_path, section: str, key: str, value):
-    """The tiny config with one setting changed, written to a temporary file."""
-    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+def changed_config(tmp_path, section: str, key: str, value, **top):
+    """The tiny config with one setting (and top-level keys ``top``) changed, written to a temporary file."""
+    cfg = {**yaml.safe_load(TINY_CONFIG.read_text()), **top}
     cfg[section][key] = value
     path = tmp_path / f"{section}_{key}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -85,6 +86,36 @@ def test_train_change_reruns_training(completed_tiny_run, tmp_path):
     assert "cache" not in jobs and "generate_shapes" not in jobs
 
 
+def test_checkpoint_interval_change_reruns_nothing(completed_tiny_run, tmp_path):
+    cfg = changed_config(tmp_path, "train", "checkpoint_every", 3)
+    assert planned_jobs(snakemake(completed_tiny_run, "-n", configfile=cfg).stdout) == {}
+
+
+def _files(root, skip):
+    """``{path: (mtime_ns, bytes)}`` of every file under ``root`` outside ``skip``."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file() and skip not in p.parents}
+
+
+def test_second_config_has_its_own_results(completed_tiny_run, tmp_path):
+    """Another config (own results_dir, another learning rate) in the same working directory plans
+    and runs its whole DAG; the first config's results stay up to date and untouched."""
+    work, other_dir = completed_tiny_run, "results/other"
+    other = changed_config(tmp_path, "train", "lr", 0.001, results_dir=other_dir)
+    first = _files(work / TINY_RESULTS, skip=work / other_dir)
+    (tmp_path / "empty").mkdir()
+    whole_dag = planned_jobs(snakemake(tmp_path / "empty", "-n").stdout)
+    assert whole_dag["generate_shapes"] == 1 and whole_dag["train"] == 2
+
+    assert planned_jobs(snakemake(work, "-n", configfile=other).stdout) == whole_dag
+    snakemake(work, configfile=other)
+    assert list(pd.read_csv(work / other_dir / "table1.csv")["model"]) == list(
+        pd.read_csv(work / TINY_RESULTS / "table1.csv")["model"]
+    )
+    assert planned_jobs(snakemake(work, "-n", configfile=other).stdout) == {}
+    assert planned_jobs(snakemake(work, "-n").stdout) == {}
+    assert _files(work / TINY_RESULTS, skip=work / other_dir) == first
+
+
 def test_bad_config_key_is_named(tmp_path):
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     cfg["train"]["stpes"] = 3
@@ -94,8 +125,14 @@ def test_bad_config_key_is_named(tmp_path):
     assert proc.returncode != 0 and "stpes" in proc.stdout + proc.stderr
 
 
-def test_paper_grid_plan(tmp_path):
-    out = snakemake(tmp_path, "-n", "results/table1.csv", configfile=REPO / "config" / "paper.yaml").stdout
-    jobs = planned_jobs(out)
-    assert jobs["train"] == 16 and jobs["predict"] == 32 and jobs["densecrf"] == 32 and jobs["evaluate"] == 64
-    assert jobs["cache"] == 4 + 8 and jobs["tables"] == 1
+def test_paper_grid_plan_after_a_tiny_run(completed_tiny_run):
+    """The paper config's default target and the README's command for it plan the whole grid, also
+    in a working directory where another config's results are complete."""
+    paper = REPO / "config" / "paper.yaml"
+    table = f"{yaml.safe_load(paper.read_text())['results_dir']}/table1.csv"
+    assert f"--configfile=config/paper.yaml {table}" in (REPO / "README.md").read_text()
+    for target in ([], [table]):
+        jobs = planned_jobs(snakemake(completed_tiny_run, "-n", *target, configfile=paper).stdout)
+        assert jobs["train"] == 16 and jobs["predict"] == 32 and jobs["densecrf"] == 32 and jobs["evaluate"] == 64
+        assert jobs["cache"] == 4 + 8 and jobs["tables"] == 1
+        assert ("figures" in jobs) == (not target)

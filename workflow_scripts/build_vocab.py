@@ -16,7 +16,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--source", required=True, help="JSON loader spec (rules/common.smk: dataset_source)")
     p.add_argument("--split", required=True, help="the training split")
-    p.add_argument("--min-count", type=int, default=1, help="keep words seen at least this often")
+    p.add_argument("--min-count", required=True, type=int, help="keep words seen at least this often")
     p.add_argument("--out", required=True, type=Path, help="vocab.txt (one word per line)")
     a = p.parse_args(argv)
     records = load_split(json.loads(a.source), a.split)

@@ -11,7 +11,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", required=True, type=Path, help="model.pt from rule train")
     p.add_argument("--cache", required=True, type=Path, help="split cache (.h5)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", required=True, type=int)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, type=Path)

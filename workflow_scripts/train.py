@@ -18,8 +18,11 @@ def main(argv=None):
     p.add_argument("--weights", default="", help="pretrained backbone weights file ('' = none/torchvision)")
     p.add_argument("--features", default="", help="cached trunk features (.h5, '' = compute the trunk)")
     p.add_argument("--checkpoint-dir", required=True, type=Path)
-    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--checkpoint-every", required=True, type=int, help="steps between checkpoints")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader worker processes (default: --threads on CUDA, 0 on CPU)"
+    )
     p.add_argument("--device", default=None, help="cuda | cpu | cuda:1 (default: cuda if available)")
     p.add_argument("--out-model", required=True, type=Path)
     p.add_argument("--out-log", required=True, type=Path)
@@ -37,6 +40,7 @@ def main(argv=None):
             weights_path=a.weights or None,
             features=Path(a.features) if a.features else None,
             device=a.device,
+            workers=a.workers,
         )
     )
 

@@ -1,10 +1,18 @@
 """Resize-and-pad to S x S (DESIGN.md section 3) and its inverse, used by cache and evaluation.
 
 Forward: scale = min(S/h, S/w), resized size ``round(h*scale) x round(w*scale)``, centred
-zero padding (top = (S - h') // 2, left = (S - w') // 2). Images are resized bilinearly
-(antialiased, PIL); masks bilinearly without antialiasing and then ``> 0``, as the official
-code does. Inverse: crop the content box and resize it to ``h x w`` (nearest for binary
-masks, bilinear for probability/score maps).
+zero padding (top = (S - h') // 2, left = (S - w') // 2), as the official
+``util/im_processing.resize_and_pad``. Masks are resized bilinearly without antialiasing and then
+``> 0``, as the official code does (``build_batches.py``). Images are resized bilinearly by PIL,
+which antialiases when shrinking -- unlike the official ``skimage.transform.resize`` of its time
+(no antialiasing).
+
+Inverse, two ways: ``resize_and_crop`` is the official one (``util/im_processing.py``): the
+whole BINARY S x S map is resized bilinearly to a square of side ``round(S * max(h/S, w/S))``
+and its centre ``h x w`` is cut out, every pixel > 0 counting as foreground.
+``unpad_and_resize`` crops the content box first and resizes it to ``h x w`` (nearest for
+binary masks, bilinear for score maps, thresholded afterwards); figures and the ``logits``
+evaluation option use it.
 """
 
 from __future__ import annotations
@@ -96,6 +104,27 @@ def unpad_and_resize(padded: np.ndarray, height: int, width: int, mode: str = "n
         t = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))[None, None]
         return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
     raise ValueError(f"unknown mode {mode!r} (nearest | bilinear)")
+
+
+def resize_and_crop(binary: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Official inverse of resize-and-pad (``util/im_processing.resize_and_crop``): ``(S, S) -> (height, width) bool``.
+
+    Resize the whole ``(S, S)`` 0/1 map to ``R x R``, ``R = round(S * max(height/S, width/S))``,
+    as skimage 0.13 did (bilinear, half-pixel centres, zeros outside the map, no anti-aliasing),
+    cut out ``height x width`` at ``((R - height) // 2, (R - width) // 2)``, and count every
+    pixel > 0 as foreground (``eval_tools.compute_mask_IU``). An output pixel is thus foreground
+    when one of the up to 2 x 2 input pixels it interpolates is.
+    """
+    # scikit-image is imported here, not at the top: only evaluation needs it, not the data and training envs.
+    from skimage.transform import resize
+
+    size = binary.shape[0]
+    if binary.shape != (size, size):
+        raise ValueError(f"expected a square (S, S) array, got {binary.shape}")
+    side = int(np.round(size * max(height / size, width / size)))
+    resized = resize(np.asarray(binary, np.float64), (side, side), order=1, mode="constant", anti_aliasing=False)
+    top, left = (side - height) // 2, (side - width) // 2
+    return resized[top : top + height, left : left + width] > 0
 
 
 def cell_grid(mask: np.ndarray | torch.Tensor, stride: int = OUTPUT_STRIDE):
