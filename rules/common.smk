@@ -166,7 +166,7 @@ def pretrain_sources():
 
 
 def pretrain_inputs(wildcards):
-    """What rule pretrain_backbone reads: the generated files of every source (training images only are used)."""
+    """The generated files of every source, which pretrain_backbone reads (training images only are used)."""
     return [
         path
         for name, ds in config["datasets"].items()

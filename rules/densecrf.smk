@@ -15,7 +15,8 @@ rule densecrf:
         results("benchmarks/densecrf/{dataset}/{backbone}_{fusion}/{split}.tsv")
     conda:
         "../envs/eval.yaml"
-    threads: 2
+    # in-process on one core; the profiles give it a process pool (large splits)
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=240,

@@ -15,7 +15,7 @@ rule predict:
         results("benchmarks/predict/{dataset}/{backbone}_{fusion}/{split}.tsv")
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,

@@ -47,6 +47,8 @@ rule extract_features:
         results("logs/extract_features/{dataset}/{backbone}/{split}.log"),
     benchmark:
         results("benchmarks/extract_features/{dataset}/{backbone}/{split}.tsv")
+    # before any training starts: every training waits for its dataset's features
+    priority: 60
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -81,9 +83,13 @@ rule train:
         results("logs/train/{dataset}/{backbone}_{fusion}.log"),
     benchmark:
         results("benchmarks/train/{dataset}/{backbone}_{fusion}.tsv")
+    # trainings are the long jobs: start them before predictions, DenseCRF and evaluations
+    priority: 50
     conda:
         "../envs/train.yaml"
-    threads: 2
+    # One thread: on CPUs two one-thread trainings side by side finish sooner than two-thread ones
+    # in turn (the tiny model's operations are small); the profiles raise it (DataLoader workers).
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,

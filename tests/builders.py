@@ -120,6 +120,9 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
             "weight_decay": 5e-4,
             "bias_lr_mult": 1.0,
             "group_by_image": False,
+            "length_buckets": False,
+            "loss_reduction": "sum",
+            "cuda_graphs": True,
             "amp": True,
         },
     }

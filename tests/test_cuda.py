@@ -54,6 +54,9 @@ def hparams(fusion: str, amp: bool) -> dict:
             "weight_decay": 5e-4,
             "bias_lr_mult": 1.0,
             "group_by_image": True,
+            "length_buckets": False,
+            "loss_reduction": "sum",
+            "cuda_graphs": True,
             "amp": amp,
         },
     }

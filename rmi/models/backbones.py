@@ -5,7 +5,7 @@
   ``visual_dim`` must be 1000.
 * ``deeplab101`` (D): the ResNet-101 trunk of torchvision's DeepLabV3-ResNet101
   (COCO_WITH_VOC_LABELS_V1, output stride 8); a new Xavier 1x1 conv 2048 -> ``visual_dim``.
-* ``tiny``: six conv-BN-ReLU blocks (``widths``, default 32-64-128 channels, the last one
+* ``tiny``: seven conv-BN-ReLU blocks (``widths``, default 32-64-128 channels, the last two
   dilated), for the CPU demo: random init, or a ``weights_path`` written by the demo's dense
   pretraining (``rmi.pretrain``, rule ``pretrain_backbone``).
 
@@ -116,11 +116,13 @@ def resnet_trunk(net: torchvision.models.ResNet) -> nn.Sequential:
 
 def tiny_body(widths: tuple[int, int, int] = TINY_WIDTHS) -> nn.Sequential:
     """``(U, 3, S, S) -> (U, widths[-1], S/8, S/8)``: per width a stride-2 and a stride-1
-    conv-BN-ReLU (3x3), the very last one dilated 2."""
+    conv-BN-ReLU (3x3); in the last stage the stride-1 conv is dilated 2 and followed by one dilated 4,
+    for a receptive field of 123 px: at the demo's S = 96 a cell inside a large flat shape still sees
+    the shape's outline (what tells a square from a diamond)."""
     layers, cin = [], 3
     for k, width in enumerate(widths):
-        last_dilation = 2 if k == len(widths) - 1 else 1
-        for stride, dilation in ((2, 1), (1, last_dilation)):
+        convs = ((2, 1), (1, 2), (1, 4)) if k == len(widths) - 1 else ((2, 1), (1, 1))
+        for stride, dilation in convs:
             conv = nn.Conv2d(cin, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             layers += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]

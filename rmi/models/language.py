@@ -34,5 +34,5 @@ class WordLSTM(nn.Module):
         emb = self.embedding(tokens)
         w_x, w_h = self.weight[:, : self.embed_dim], self.weight[:, self.embed_dim :]
         x = torch.matmul(emb, w_x.t()) + self.bias  # input part of all steps at once: (B, T, 4n)
-        states = lstm_scan(lambda t: x[:, t, :, None], w_h, tokens != PAD_ID)
-        return emb, torch.stack([h[..., 0] for h in states], dim=1)
+        states = lstm_scan(lambda t: x[:, t, None, :], w_h, tokens != PAD_ID)
+        return emb, torch.stack([h[:, 0] for h in states], dim=1)

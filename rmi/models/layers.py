@@ -6,8 +6,9 @@ word LSTM and the mLSTM): one pre-activation ``W [x; h] + b`` split into gates i
 
     c' = c * sigmoid(f + 1) + sigmoid(i) * tanh(j)        h' = tanh(c') * sigmoid(o)
 
-States are laid out ``(B, n, P)``: ``P = 1`` for the word LSTM, ``P = h*w`` pixels for the mLSTM,
-so one scan serves both (the mLSTM is an LSTM cell shared over pixels, i.e. a 1x1 conv-LSTM).
+States are laid out ``(B, P, n)``: ``P = 1`` for the word LSTM, ``P = h*w`` pixels for the mLSTM,
+so one scan serves both (the mLSTM is an LSTM cell shared over pixels, i.e. a 1x1 conv-LSTM), and the
+recurrent product of all samples and pixels is one matrix product ``(B*P, n) @ (n, 4n)``.
 """
 
 from __future__ import annotations
@@ -44,30 +45,44 @@ def lstm_parameters(input_dim: int, hidden_dim: int) -> tuple[nn.Parameter, nn.P
     return weight, nn.Parameter(torch.zeros(4 * hidden_dim))
 
 
+def _steps_with_padding(valid: Tensor) -> list[bool]:
+    """Per step, whether some sample is still on a ``<pad>`` token (its state must be held).
+
+    Read on the host once per scan; inside a CUDA graph capture (no host reads) every step is masked.
+    """
+    if valid.is_cuda and torch.cuda.is_current_stream_capturing():
+        return [True] * valid.shape[1]
+    return (~valid).any(0).tolist()
+
+
 def lstm_scan(input_gates: Callable[[int], Tensor], w_h: Tensor, valid: Tensor) -> Iterator[Tensor]:
     """Run the cell over steps ``0..T-1`` from a zero state; yield ``h`` after each step.
 
-    ``input_gates(t)``: ``(B, 4n, P)`` (or broadcastable to it) non-recurrent pre-activation of
+    ``input_gates(t)``: ``(B, P, 4n)`` (or broadcastable to it) non-recurrent pre-activation of
     step ``t``, bias included. ``w_h``: ``(4n, n)`` recurrent weight. ``valid``: ``(B, T)`` bool;
-    where false (a ``<pad>`` token) the sample's state is left unchanged. Yields ``(B, n, P)``
+    where false (a ``<pad>`` token) the sample's state is left unchanged. Yields ``(B, P, n)``
     hidden states in float32 or wider (the cell state is kept in that precision under autocast).
     """
-    w_h = w_h.contiguous()  # a column slice of the cell weight: copy once, not at every matmul
+    w_h_t = w_h.t().contiguous()  # a column slice of the cell weight: copy once, not at every matmul
+    padded = _steps_with_padding(valid)
     h = c = None
     for t in range(valid.shape[1]):
         x = input_gates(t)
         if h is None:  # zero state: the recurrent term vanishes
             dtype = torch.promote_types(x.dtype, torch.float32)
-            shape = (valid.shape[0], w_h.shape[1], x.shape[2])
+            shape = (valid.shape[0], x.shape[1], w_h.shape[1])
             h = c = torch.zeros(shape, dtype=dtype, device=x.device)
             gates = x
-        else:
-            gates = x + torch.matmul(w_h, h)
-        i, j, f, o = gates.chunk(4, dim=1)
+        else:  # x + h @ w_h^T as one fused matrix product over all samples and pixels
+            gates = torch.addmm(x.expand(*h.shape[:2], -1).reshape(-1, x.shape[-1]), h.flatten(0, 1), w_h_t)
+            gates = gates.view(*h.shape[:2], -1)
+        i, j, f, o = gates.chunk(4, dim=-1)
         c_new = c * torch.sigmoid(f + FORGET_BIAS) + torch.sigmoid(i) * torch.tanh(j)
         h_new = torch.tanh(c_new) * torch.sigmoid(o)
-        keep = valid[:, t, None, None]
-        h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+        if padded[t]:
+            keep = valid[:, t, None, None]
+            h_new, c_new = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+        h, c = h_new, c_new
         yield h
 
 

@@ -49,11 +49,12 @@ class MultimodalLSTM(nn.Module):
         height, width = visual.shape[-2:]
         w = self.weight
         spatial = spatial_features(height, width, visual.device)
-        pixels = image_term(w[:, :dv], w[:, dv + dw : dv + dw + SPATIAL_DIM], self.bias, visual, spatial)[image_of]
+        pixels = image_term(w[:, :dv], w[:, dv + dw : dv + dw + SPATIAL_DIM], self.bias, visual, spatial)
+        pixels = pixels.transpose(1, 2)[image_of]  # (B, H*W, 4n)
         lang = torch.matmul(words, w[:, dv : dv + dw].t())  # (B, T, 4n)
         w_h = w[:, dv + dw + SPATIAL_DIM :]
-        for h in lstm_scan(lambda t: pixels + lang[:, t, :, None], w_h, valid):
-            yield h.unflatten(-1, (height, width))
+        for h in lstm_scan(lambda t: pixels + lang[:, t, None, :], w_h, valid):
+            yield h.transpose(1, 2).unflatten(-1, (height, width))
 
 
 class RMIFusion(nn.Module):
