@@ -1,28 +1,46 @@
-"""Training step time and expressions/s: the tiny demo model and resnet101+RMI at 320 x 320.
+"""Training-step rate of the paper model, eager vs CUDA graphs, and predict throughput by batch size.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 12] [--r-steps 4] [--threads 2] [--device cuda]
+    python benchmarks/bench_train.py --device cuda [--fusions rmi,lstm] [--cases b1-] [--out bench.jsonl]
+    python benchmarks/bench_train.py --summarize bench.jsonl
+    python benchmarks/bench_train.py --device cpu --backbone tiny --size 64 --dims 16 --images 12 \\
+        --batches 3 --repeats 1 --loop-steps 20 --predict-cap 4          # smoke run on a CPU
 
-Runs the real training loop (``rmi.train.run``: DataLoader over the HDF5 cache, model, loss,
-Adam) on a generated ``shapes`` dataset, once with per-image grouped batches (the frozen trunk
-runs once per image of the batch) and once with expressions shuffled independently. Prints the
-median step time after warm-up, expressions/s, mean distinct images per batch, the FLOPs of one
-training step (``torch.utils.flop_counter``) and, on CUDA, the model FLOPs utilisation against
-the GPU's dense bf16 peak (``--peak-tflops``, H100 SXM: 989).
-resnet101 uses random weights (``pretrained: false``): the timing does not depend on them.
+Model: ``--backbone`` (resnet101, frozen trunk, random weights: ``pretrained: false``) + RMI or
+LSTM head at ``--size`` (paper: 320), dims and training settings of ``config/paper.yaml``, on the
+batches of a generated ``shapes`` cache (``StepBatchSampler``, grouped by image). Each case (``CASES``: batch
+size, precision, trunk or cached trunk features, eager ``EagerStep`` or ``GraphedStep``) runs
+``--batches`` batches once (warm-up: CUDA graphs are captured then), then ``--repeats`` timed
+passes over the same batches; a step is the batch's host-to-device copy, forward, loss,
+backward, Adam and the scheduler (data loading excluded: ``loop-*`` cases time the whole
+``rmi.train.run`` loop, DataLoader over the HDF5 cache included, from its log).
+
+Precisions: ``default`` = PyTorch's defaults, today's path (convs TF32, matmuls IEEE fp32),
+``fp32`` = IEEE everywhere (TF32 off), ``tf32`` = TF32 on, ``bf16`` = bf16 autocast (TF32 on).
+One JSON line per case: step ms, steps/s, expressions/s, GFLOP/step (``torch.utils.flop_counter``:
+matmuls and convs, forward and backward, counted on the meta device), TFLOP/s, MFU against the
+card's dense peak for the precision (``PEAK_TFLOPS``; the tf32 peak for ``default``) and, at
+batch 1, the hours of one paper training (750k steps). ``predict`` lines: forward throughput
+(no grad) at batch 1, 2, 4, ... up to ``--predict-cap`` expressions or the first out-of-memory,
+every expression 20 words long (the worst case), ``--expr-per-image`` expressions per image.
+``--summarize`` prints the tables, speed-ups and the paper grid's wall time on one GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import statistics
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,133 +48,383 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from builders import build_shapes_caches  # noqa: E402
 from rmi.data.dataset import ReferDataset, StepBatchSampler  # noqa: E402
-from rmi.device import model_inputs, select_device  # noqa: E402
+from rmi.device import autocast, select_device, tf32  # noqa: E402
+from rmi.models.segmenter import first_word_column  # noqa: E402
 from rmi.text import Vocab  # noqa: E402
 from rmi.train import TrainJob, _build, loss_fn, run  # noqa: E402
+from rmi.train_step import make_step  # noqa: E402
 
-SETUPS = {
-    # name: (backbone, fusion, image size, model dims, batch size, frozen trunk); the demo's
-    # tiny trunk has widths TINY_DEMO_WIDTHS (config/config.yaml)
-    "tiny+rmi (demo)": ("tiny", "rmi", 96, 64, 16, False),
-    "tiny+lstm (demo)": ("tiny", "lstm", 96, 64, 16, False),
-    "resnet101+rmi @320": ("resnet101", "rmi", 320, None, 8, True),
+PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+PAPER_STEPS = PAPER["train"]["steps"]  # 750k at batch 1: the official main.py -i 750000
+#: expressions of the evaluation splits of config/paper.yaml (refer toolkit statistics; ReferIt's test query file)
+EVAL_EXPRESSIONS = {
+    ("unc", "val"): 10834,
+    ("unc", "testA"): 5657,
+    ("unc", "testB"): 5095,
+    ("unc+", "val"): 10758,
+    ("unc+", "testA"): 5726,
+    ("unc+", "testB"): 4889,
+    ("gref", "val"): 9536,
+    ("referit", "test"): 60105,
 }
-TINY_DEMO_WIDTHS = [16, 32, 64]
-PAPER_DIMS = {"visual_dim": 1000, "embed_dim": 1000, "lstm_dim": 1000, "mlstm_dim": 500, "mlp_dim": 500}
+#: dense peak TFLOP/s by device-name fragment (first match wins): fp32 CUDA cores, tf32 and bf16 tensor cores
+PEAK_TFLOPS = [
+    ("H100 PCIe", {"fp32": 51, "tf32": 378, "bf16": 756}),
+    ("H100", {"fp32": 67, "tf32": 495, "bf16": 989}),  # SXM
+    ("H200", {"fp32": 67, "tf32": 495, "bf16": 989}),
+    ("A100", {"fp32": 19.5, "tf32": 156, "bf16": 312}),
+]
+#: precision -> (bf16 autocast, TF32 flag for rmi.device.tf32, peak used for the MFU)
+PRECISIONS = {
+    "default": (False, None, "tf32"),
+    "fp32": (False, False, "fp32"),
+    "tf32": (False, True, "tf32"),
+    "bf16": (True, True, "bf16"),
+}
 
 
-def hparams(backbone, fusion, size, dim, batch, frozen, steps, grouped) -> dict:
-    dims = PAPER_DIMS if dim is None else {k: dim for k in PAPER_DIMS}
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    precision: str
+    graphs: bool
+    features: bool = False  # cached trunk features (rule extract_features) instead of images
+
+    @property
+    def name(self) -> str:
+        source = "-features" if self.features else ""
+        return f"b{self.batch}-{self.precision}{source}-{'graphs' if self.graphs else 'eager'}"
+
+
+CASES = [
+    Case(1, "default", False),  # today's path
+    Case(1, "fp32", False),
+    Case(1, "fp32", True),
+    Case(1, "tf32", False),
+    Case(1, "tf32", True),
+    Case(1, "tf32", False, features=True),
+    Case(1, "tf32", True, features=True),
+    Case(8, "bf16", False),
+    Case(8, "bf16", True),
+]
+LOOP_CASES = [Case(1, "default", False), Case(1, "tf32", True)]
+
+
+def hparams(args, fusion: str, case: Case, steps: int) -> dict:
+    """The ``hparams`` of ``config/paper.yaml`` (as ``rules/common.smk`` builds them) for one case."""
+    amp, tf32_flag, _ = PRECISIONS[case.precision]
+    defaults = {k: v["default"] for k, v in SCHEMA["properties"]["train"]["properties"].items() if "default" in v}
+    train = {k: v for k, v in {**defaults, **PAPER["train"]}.items() if k != "checkpoint_every"}  # as validate()
+    train.update(steps=steps, batch_size=case.batch, amp=amp, cuda_graphs=case.graphs, tf32=tf32_flag)
+    if tf32_flag is None:
+        del train["tf32"]
+    dims = PAPER["model"] if args.dims == "paper" else {k: int(args.dims) for k in PAPER["model"]}
     return {
         "seed": 0,
-        "image_size": size,
-        "backbone": backbone,
+        "image_size": args.size,
+        "backbone": args.backbone,
         "fusion": fusion,
-        "backbone_cfg": {
-            "pretrained": False,
-            "freeze_trunk": frozen,
-            "weights_path": None,
-            **({"widths": TINY_DEMO_WIDTHS} if backbone == "tiny" else {}),
-        },
+        "backbone_cfg": {"pretrained": False, "freeze_trunk": True, "weights_path": None},
         "model": dims,
-        "train": {
-            "steps": steps,
-            "batch_size": batch,
-            "lr": 2.5e-4,
-            "lr_end": 1e-5,
-            "lr_power": 0.9,
-            "weight_decay": 5e-4,
-            "bias_lr_mult": 1.0,
-            "group_by_image": grouped,
-            "length_buckets": False,
-            "loss_reduction": "sum",
-            "amp": True,
-        },
+        "train": train,
     }
 
 
-def step_flops(hp: dict, caches: dict, device: torch.device) -> float:
-    """FLOPs of one forward+backward training step on the first batch."""
-    vocab = Vocab.load(caches["vocab"])
-    job = TrainJob(
+def train_job(caches: dict, hp: dict, out: Path, **kw) -> TrainJob:
+    return TrainJob(
         cache=caches["train"],
         vocab=caches["vocab"],
         hparams=hp,
-        out_model=Path("-"),
-        out_log=Path("-"),
-        checkpoint_dir=Path("-"),
+        out_model=out / "model.pt",
+        out_log=out / "train_log.csv",
+        checkpoint_dir=out / "ckpt",
+        progress=False,
+        **kw,
     )
-    model, _, _ = _build(job, vocab, device)
-    dataset = ReferDataset(caches["train"])
-    rows = next(
-        iter(StepBatchSampler(dataset.cache.image_index, hp["train"]["batch_size"], 0, hp["train"]["group_by_image"]))
-    )
-    batch = dataset.__getitems__(rows)
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(model(**model_inputs(batch, device)), batch["target"].to(device)).backward()
-    return float(counter.get_total_flops())
 
 
-def images_per_batch(caches: dict, batch: int, grouped: bool, n: int = 50) -> float:
-    cache = ReferDataset(caches["train"], with_targets=False).cache
-    it = iter(StepBatchSampler(cache.image_index, batch, 0, grouped))
-    return statistics.mean(len(np.unique(cache.image_index[next(it)])) for _ in range(n))
+def peak_tflops(device: torch.device) -> tuple[str, dict | None]:
+    """``(device name, dense peaks by precision or None)``."""
+    if device.type != "cuda":
+        return f"CPU, {torch.get_num_threads()} threads", None
+    name = torch.cuda.get_device_name(device)
+    return name, next((peaks for fragment, peaks in PEAK_TFLOPS if fragment in name), None)
 
 
-def main():
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_batches(dataset: ReferDataset, batch: int, n: int, device: torch.device, trunk=None) -> list[dict]:
+    """The first ``n`` training batches (CPU, pinned on CUDA); with ``trunk``, its features replace the images."""
+    sampler = iter(StepBatchSampler(dataset.cache.image_index, batch, seed=0, group_by_image=True))
+    out = []
+    for _ in range(n):
+        b = dataset.__getitems__(next(sampler))
+        if trunk is not None:
+            with torch.no_grad():
+                b["trunk_features"] = trunk(b.pop("images").to(device)).float().cpu()
+        out.append({k: v.pin_memory() if device.type == "cuda" else v for k, v in b.items()})
+    return out
+
+
+def flop_counter(meta_model):
+    """``batch -> FLOPs`` of one training step (matmuls and convs, forward + backward), memoised by shape.
+
+    Counted with ``meta_model``, a copy of the model on the meta device (no memory, no compute).
+    """
+    memo = {}
+
+    def flops(batch: dict) -> float:
+        start = first_word_column(batch["tokens"])
+        inputs = {k: batch[k].to("meta") for k in ("image_of", "images", "trunk_features") if k in batch}
+        key = start, *((k, tuple(v.shape)) for k, v in inputs.items()), tuple(batch["tokens"].shape)
+        if key not in memo:
+            with FlopCounterMode(display=False) as counter:
+                logits = meta_model(batch["tokens"][:, start:].to("meta"), **inputs, trim_pads=False)
+                loss_fn(logits, batch["target"].to("meta")).backward()
+            memo[key] = float(counter.get_total_flops())
+        return memo[key]
+
+    return flops
+
+
+def rates(line: dict, batch: int, step_s: float, flops: float | None, peaks: dict | None, peak_key: str) -> dict:
+    """Add steps/s, expressions/s, FLOP rate, MFU and (batch 1) the paper training's hours to ``line``."""
+    line.update(step_ms=round(1e3 * step_s, 3), steps_per_s=round(1 / step_s, 2), expr_per_s=round(batch / step_s, 1))
+    if flops is not None:
+        line.update(gflop_per_step=round(flops / 1e9, 1), tflops=round(flops / step_s / 1e12, 2))
+        if peaks:
+            line["mfu_percent"] = round(100 * flops / step_s / 1e12 / peaks[peak_key], 2)
+    if batch == 1:
+        line["paper_training_h"] = round(PAPER_STEPS * step_s / 3600, 1)
+    return line
+
+
+def time_case(args, fusion: str, case: Case, caches: dict, dataset, device, peaks, flops_of, tmp: Path) -> dict:
+    """Warm up on ``--batches`` batches, then the median of ``--repeats`` timed passes over them."""
+    vocab = Vocab.load(caches["vocab"])
+    hp = hparams(args, fusion, case, steps=PAPER_STEPS)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    model, optimizer, scheduler = _build(train_job(caches, hp, tmp), vocab, device)
+    model.train()
+    batches = sample_batches(dataset, case.batch, args.batches, device, model.trunk if case.features else None)
+    amp, tf32_flag, peak_key = PRECISIONS[case.precision]
+    criterion = partial(loss_fn, reduction=hp["train"]["loss_reduction"])
+    step = make_step(model, optimizer, criterion, device, amp and device.type == "cuda", tf32_flag, case.graphs)
+
+    def one_pass() -> torch.Tensor:
+        for batch in batches:
+            loss = step(batch)
+            scheduler.step()
+        return loss
+
+    t0 = time.perf_counter()
+    one_pass()
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        loss = one_pass()
+        sync(device)
+        times.append((time.perf_counter() - t0) / len(batches))
+    flops = statistics.mean(flops_of(b) for b in batches)
+    line = {
+        "kind": "train",
+        "fusion": fusion,
+        "case": case.name,
+        "batch": case.batch,
+        "precision": case.precision,
+        "step": type(step).__name__,
+        "words": round(statistics.mean(b["tokens"].shape[1] - first_word_column(b["tokens"]) for b in batches), 2),
+        "images_per_batch": round(statistics.mean(len(b["image_of"].unique()) for b in batches), 2),
+        "warmup_s": round(warm_s, 2),
+        "loss_finite": bool(torch.isfinite(loss).item()),
+    }
+    if hasattr(step, "graphs"):
+        line.update(graphs=len(step.graphs), capture_failure=step.failure)
+    if device.type == "cuda":
+        line["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return rates(line, case.batch, statistics.median(times), flops, peaks, peak_key)
+
+
+def time_loop(args, fusion: str, case: Case, caches: dict, device, peaks, tmp: Path) -> dict:
+    """Steps/s of the real training loop (``rmi.train.run``: DataLoader, step, logging) over its second half."""
+    hp = hparams(args, fusion, case, steps=args.loop_steps)
+    log_every = max(1, args.loop_steps // 20)
+    run(train_job(caches, hp, tmp, threads=args.threads, device=str(device), log_every=log_every))
+    rows = [line.split(",") for line in (tmp / "train_log.csv").read_text().splitlines()[1:]]
+    (s0, t0), (s1, t1) = [(int(r[0]), float(r[3])) for r in (rows[len(rows) // 2], rows[-1])]
+    line = {"kind": "loop", "fusion": fusion, "case": f"loop-{case.name}", "batch": case.batch}
+    return rates(line, case.batch, (t1 - t0) / (s1 - s0), None, peaks, PRECISIONS[case.precision][2])
+
+
+def predict_sweep(args, fusion: str, precision: str, caches: dict, device, tmp: Path, emit) -> None:
+    """Forward throughput (no grad) at batch 1, 2, 4, ... until ``--predict-cap`` or out of memory."""
+    vocab = Vocab.load(caches["vocab"])
+    amp, tf32_flag, _ = PRECISIONS[precision]
+    torch.manual_seed(0)
+    model, _, _ = _build(train_job(caches, hparams(args, fusion, Case(1, precision, False), 1), tmp), vocab, device)
+    model.eval()
+    batch = 1
+    while batch <= args.predict_cap:
+        n_images = math.ceil(batch / args.expr_per_image)
+        inputs = {
+            "tokens": torch.randint(4, len(vocab), (batch, 20), device=device),
+            "image_of": torch.arange(batch, device=device) * n_images // batch,
+            "images": torch.randint(0, 256, (n_images, 3, args.size, args.size), dtype=torch.uint8, device=device),
+        }
+        line = {"kind": "predict", "fusion": fusion, "precision": precision, "batch": batch, "images": n_images}
+        try:
+            with torch.no_grad(), tf32(tf32_flag), autocast(device, amp and device.type == "cuda"):
+                model(**inputs)  # warm-up
+                times = []
+                for _ in range(3):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    model(**inputs)
+                    sync(device)
+                    times.append(time.perf_counter() - t0)
+        except torch.OutOfMemoryError:
+            line["error"] = "out of memory"
+            emit(line)
+            break
+        finally:
+            del inputs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        t = statistics.median(times)
+        emit({**line, "ms": round(1e3 * t, 2), "expr_per_s": round(batch / t, 1)})
+        batch *= 2
+
+
+def summarize(path: Path) -> None:
+    """Tables of a JSON-lines file: training cases, speed-ups, predict throughput, paper grid wall time."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    devices = sorted({x["device"] for x in lines if x.get("kind") == "device"})
+    print(f"device: {', '.join(devices) or '?'}")
+    train = {(x["fusion"], x["case"]): x for x in lines if x.get("kind") in ("train", "loop") and "step_ms" in x}
+    print(f"{'fusion':6s} {'case':28s} {'ms/step':>9s} {'steps/s':>8s} {'expr/s':>8s} {'MFU%':>6s} {'paper h':>8s}")
+    for (fusion, case), x in train.items():
+        mfu, hours = x.get("mfu_percent", "-"), x.get("paper_training_h", "-")
+        speed = f"{x['step_ms']:9.2f} {x['steps_per_s']:8.1f} {x['expr_per_s']:8.1f}"
+        print(f"{fusion:6s} {case:28s} {speed} {mfu:>6} {hours:>8}")
+    for x in lines:
+        if "error" in x and x.get("kind") != "predict":
+            print(f"FAILED {x.get('fusion')} {x.get('case')}: {x['error']}")
+    print("speed-ups (steps/s ratio):")
+    for (fusion, case), x in train.items():
+        if case.endswith("-graphs") and (fusion, case[: -len("graphs")] + "eager") in train:
+            eager = train[fusion, case[: -len("graphs")] + "eager"]
+            today = train.get((fusion, "b1-default-eager"))
+            vs_today = f", {x['steps_per_s'] / today['steps_per_s']:.2f}x today" if today and x["batch"] == 1 else ""
+            print(f"  {fusion} {case}: {x['steps_per_s'] / eager['steps_per_s']:.2f}x its eager step{vs_today}")
+    best = {}
+    for x in lines:
+        if x.get("kind") == "predict" and "expr_per_s" in x:
+            key = x["fusion"], x["precision"]
+            if x["expr_per_s"] > best.get(key, {}).get("expr_per_s", 0):
+                best[key] = x
+    for (fusion, precision), x in sorted(best.items()):
+        print(f"predict {fusion} {precision}: best {x['expr_per_s']:.0f} expr/s at batch {x['batch']}")
+    predict = {}  # fusion -> its best predict line, tf32 first (config/paper.yaml predicts in fp32 with TF32)
+    for (fusion, precision), x in best.items():
+        if fusion not in predict or precision == "tf32":
+            predict[fusion] = x
+    # config/paper.yaml: per fusion one training per (dataset, backbone), one predict per (eval split, backbone)
+    backbones = len(PAPER["backbones"])
+    trainings = len(PAPER["datasets"]) * backbones
+    splits = [(name, split) for name, d in PAPER["datasets"].items() for split in d["eval_splits"]]
+    n_eval = backbones * sum(EVAL_EXPRESSIONS[s] for s in splits)
+    for case in sorted({c for (_, c) in train if c.startswith("b1-")}):
+        per_fusion = {f: x for (f, c), x in train.items() if c == case}
+        if set(per_fusion) != set(PAPER["fusions"]) or not set(per_fusion) <= set(predict):
+            continue
+        train_s = sum(trainings * PAPER_STEPS * x["step_ms"] / 1e3 for x in per_fusion.values())
+        predict_s = sum(n_eval / predict[f]["expr_per_s"] for f in per_fusion)
+        print(
+            f"paper grid on one GPU, {case} steps: {len(per_fusion) * trainings} trainings {train_s / 3600:.0f} h"
+            f" + {len(per_fusion) * backbones * len(splits)} predicts {predict_s / 60:.1f} min"
+            f" = {(train_s + predict_s) / 86400:.1f} days"
+        )
+
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=12, help="steps per tiny run (first 2 are warm-up)")
-    p.add_argument("--r-steps", type=int, default=4, help="steps per resnet101 run")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default=None)
-    p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(SETUPS))
+    p.add_argument("--backbone", default="resnet101", choices=["resnet101", "deeplab101", "tiny"])
+    p.add_argument("--size", type=int, default=320, help="S (paper: 320)")
+    p.add_argument("--dims", default="paper", help="'paper' (1000/1000/1000/500) or one width for every dim")
+    p.add_argument("--fusions", default="rmi,lstm")
+    p.add_argument("--cases", default="b", help="comma-separated name prefixes of CASES to run ('' none)")
+    p.add_argument("--images", type=int, default=60, help="images of the generated training split")
+    p.add_argument("--data", type=Path, default=None, help="reuse (or build) the generated caches here")
+    p.add_argument("--batches", type=int, default=40, help="batches per pass (the warm-up pass captures graphs)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes (median)")
+    p.add_argument("--loop-steps", type=int, default=0, help="steps of each rmi.train.run loop case (0: none)")
+    p.add_argument("--predict", default="", help="comma-separated precisions of the predict sweep ('' none)")
+    p.add_argument("--predict-cap", type=int, default=1024, help="largest predict batch tried")
+    p.add_argument("--expr-per-image", type=int, default=7, help="expressions per image in predict batches")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="append the JSON lines here")
+    p.add_argument("--summarize", type=Path, default=None, help="print the summary of a JSON-lines file and exit")
     a = p.parse_args()
+    if a.summarize:
+        summarize(a.summarize)
+        return
     torch.set_num_threads(a.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as rmi.train.run
     device = select_device(a.device)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{a.threads} CPU threads'})")
+    name, peaks = peak_tflops(device)
+
+    def emit(line: dict) -> None:
+        text = json.dumps(line)
+        print(text, flush=True)
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(text + "\n")
+
+    emit({"kind": "device", "device": name, "torch": torch.__version__, "peak_tflops": peaks})
+    prefixes = [c for c in a.cases.split(",") if c]
+    cases = [c for c in CASES if any(c.name.startswith(x) for x in prefixes)]
     with tempfile.TemporaryDirectory() as tmp:
-        data = {}
-        for name, (backbone, fusion, size, dim, batch, frozen) in SETUPS.items():
-            if a.only and name not in a.only.split(","):
-                continue
-            if size not in data:
-                data[size] = build_shapes_caches(Path(tmp) / f"s{size}", {"train": 60}, image_size=size)
-            caches = data[size]
-            steps = a.r_steps if backbone != "tiny" else a.steps
-            for grouped in (True, False):
-                hp = hparams(backbone, fusion, size, dim, batch, frozen, steps, grouped)
-                out = Path(tmp) / f"{backbone}-{fusion}-{grouped}"
-                run(
-                    TrainJob(
-                        cache=caches["train"],
-                        vocab=caches["vocab"],
-                        hparams=hp,
-                        out_model=out / "model.pt",
-                        out_log=out / "log.csv",
-                        checkpoint_dir=out / "ckpt",
-                        threads=a.threads,
-                        device=str(device),
-                        log_every=1,
-                        progress=False,
+        data = a.data or Path(tmp) / "data"
+        caches = {"vocab": data / "cache" / "vocab.txt", "train": data / "cache" / "train.h5"}
+        if not caches["train"].is_file():
+            caches = build_shapes_caches(data, {"train": a.images}, image_size=a.size)
+        dataset = ReferDataset(caches["train"])
+        for fusion in a.fusions.split(","):
+            if cases:
+                hp = hparams(a, fusion, cases[0], 1)
+                meta_model, _, _ = _build(train_job(caches, hp, Path(tmp)), Vocab.load(caches["vocab"]), "meta")
+                flops_of = flop_counter(meta_model)
+            for k, case in enumerate(cases):
+                out = Path(tmp) / f"{fusion}-{k}"
+                try:
+                    emit(time_case(a, fusion, case, caches, dataset, device, peaks, flops_of, out))
+                except Exception as err:  # one failing case (out of memory, say) must not lose the others
+                    emit(
+                        {"kind": "train", "fusion": fusion, "case": case.name, "error": f"{type(err).__name__}: {err}"}
                     )
-                )
-                t = pd.read_csv(out / "log.csv")["time"].to_numpy()
-                step_s = statistics.median(np.diff(t)[1:]) if len(t) > 2 else t[-1]
-                flops = step_flops(hp, caches, device)
-                line = {
-                    "setup": name,
-                    "grouped": grouped,
-                    "batch": batch,
-                    "images/batch": round(images_per_batch(caches, batch, grouped), 2),
-                    "step_ms": round(1000 * step_s, 1),
-                    "expr/s": round(batch / step_s, 1),
-                    "GFLOP/step": round(flops / 1e9, 1),
-                    "TFLOP/s": round(flops / step_s / 1e12, 3),
-                }
-                if device.type == "cuda":
-                    line["MFU%"] = round(100 * flops / step_s / 1e12 / a.peak_tflops, 2)
-                print(json.dumps(line), flush=True)
+                if device.type == "cuda":  # free the case's graphs and their memory pool
+                    gc.collect()
+                    torch.cuda.empty_cache()
+            for k, case in enumerate(LOOP_CASES if a.loop_steps else []):
+                try:
+                    emit(time_loop(a, fusion, case, caches, device, peaks, Path(tmp) / f"{fusion}-loop{k}"))
+                except Exception as err:
+                    emit({"kind": "loop", "fusion": fusion, "case": f"loop-{case.name}", "error": repr(err)})
+            for precision in [x for x in a.predict.split(",") if x]:
+                try:
+                    predict_sweep(a, fusion, precision, caches, device, Path(tmp) / f"{fusion}-predict", emit)
+                except Exception as err:
+                    emit({"kind": "predict", "fusion": fusion, "precision": precision, "error": repr(err)})
 
 
 if __name__ == "__main__":

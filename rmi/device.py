@@ -1,6 +1,9 @@
-"""Where a model runs: device choice and moving a batch's model inputs there (train and inference)."""
+"""Where a model runs: device choice, moving a batch's model inputs there, and its float precision."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -29,6 +32,31 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast on CUDA when ``enabled``; a no-op context elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def autocast(device: torch.device, enabled: bool, cache: bool = True) -> torch.autocast:
+    """bf16 autocast on CUDA when ``enabled``; a no-op context elsewhere.
+
+    ``cache=False`` for CUDA graph capture: weights are cast afresh inside the graph instead of
+    being taken from a cache that outlives it.
+    """
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda", cache_enabled=cache
+    )
+
+
+@contextmanager
+def tf32(enabled: bool | None) -> Iterator[None]:
+    """TF32 tensor-core math for float32 matmuls and cuDNN convolutions inside the block (CUDA).
+
+    ``None`` keeps the current flags (PyTorch's defaults: convolutions TF32, matmuls IEEE fp32);
+    the previous flags are restored on exit. TF32 rounds matmul inputs to a 10-bit mantissa and
+    accumulates in fp32 (relative error ~1e-3 per product instead of ~1e-7).
+    """
+    if enabled is None:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

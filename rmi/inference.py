@@ -17,7 +17,7 @@ from tqdm import tqdm
 from rmi.crf import CRFParams, refine
 from rmi.data.dataset import ReferDataset, identity_collate, sequential_batches
 from rmi.data.transforms import resize_and_crop, resize_and_pad_image, unpad_and_resize, upsample_logits
-from rmi.device import autocast, model_inputs, select_device
+from rmi.device import autocast, model_inputs, select_device, tf32
 from rmi.errors import InputError
 from rmi.model_file import ModelInfo, load_model
 from rmi.prediction_file import threshold_logits, write_predictions
@@ -65,7 +65,9 @@ def predict_split(
     dataset = ReferDataset(cache_path, with_targets=False)
     dataset.cache.check_compatible(info.vocab, info.image_size, f"model {model_path}")
     log.info("predicting %d expressions of %s with %s on %s", len(dataset), cache_path, model_path, dev)
-    logits = predict_logits(model, dataset, batch_size, dev, threads, amp=bool(info.hparams["train"].get("amp", True)))
+    train = info.hparams["train"]
+    with tf32(train.get("tf32")):
+        logits = predict_logits(model, dataset, batch_size, dev, threads, amp=bool(train.get("amp", True)))
     cache = dataset.cache
     write_predictions(
         out_path,

@@ -33,6 +33,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -42,11 +43,12 @@ from tqdm import tqdm
 
 from rmi.data.cache import CacheReader
 from rmi.data.dataset import ReferDataset, StepBatchSampler, identity_collate
-from rmi.device import autocast, model_inputs, select_device
+from rmi.device import select_device
 from rmi.errors import InputError
 from rmi.fileio import atomic_path, write_text
 from rmi.model_file import ModelInfo, save_model
 from rmi.text import Vocab
+from rmi.train_step import make_step
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,8 @@ def run(job: TrainJob) -> Path:
         persistent_workers=False,
     )
     amp = bool(tr["amp"]) and on_cuda
+    criterion = partial(loss_fn, reduction=tr["loss_reduction"])
+    train_step = make_step(model, optimizer, criterion, device, amp, tr.get("tf32"), tr["cuda_graphs"])
 
     def request_stop(signum, frame):
         job._stop_requested = True
@@ -241,12 +245,7 @@ def run(job: TrainJob) -> Path:
         while step < steps and not preempted:
             batch = next(batches)
             step += 1
-            with autocast(device, amp):
-                logits = model(**model_inputs(batch, device))
-            loss = loss_fn(logits, batch["target"].to(device, non_blocking=True), tr["loss_reduction"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(batch)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             running += loss.detach()

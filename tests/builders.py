@@ -122,6 +122,7 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
             "group_by_image": False,
             "length_buckets": False,
             "loss_reduction": "sum",
+            "cuda_graphs": True,
             "amp": True,
         },
     }

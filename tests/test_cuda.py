@@ -56,6 +56,7 @@ def hparams(fusion: str, amp: bool) -> dict:
             "group_by_image": True,
             "length_buckets": False,
             "loss_reduction": "sum",
+            "cuda_graphs": True,
             "amp": amp,
         },
     }

@@ -58,6 +58,7 @@ def hparams(fusion: str, steps: int, freeze: bool = False, **train) -> dict:
             "group_by_image": True,
             "length_buckets": False,
             "loss_reduction": "sum",
+            "cuda_graphs": True,
             "amp": True,
             **train,
         },

@@ -20,6 +20,15 @@ from rmi.models.rmi import RMIFusion
 FUSIONS = ("lstm", "rmi")
 
 
+def first_word_column(tokens: Tensor) -> int:
+    """First column of ``tokens (B, T)`` holding a real word in some row; ``T - 1`` when none does.
+
+    The columns before it are ``<pad>`` in every row. On a CUDA tensor this waits for the device.
+    """
+    first = (tokens != PAD_ID).any(0).nonzero()
+    return int(first[0]) if len(first) else tokens.shape[1] - 1
+
+
 class ReferringSegmenter(nn.Module):
     """``trunk`` (frozen or not), ``visual_proj`` (1x1 conv to ``Dv``) and ``fusion``."""
 
@@ -45,15 +54,22 @@ class ReferringSegmenter(nn.Module):
         return l2_normalize(self.visual_proj(features.to(self.visual_proj.weight.dtype)), 1)
 
     def forward(
-        self, tokens: Tensor, image_of: Tensor, images: Tensor | None = None, trunk_features: Tensor | None = None
+        self,
+        tokens: Tensor,
+        image_of: Tensor,
+        images: Tensor | None = None,
+        trunk_features: Tensor | None = None,
+        trim_pads: bool = True,
     ) -> Tensor:
         """``tokens (B, T) int64`` left-padded with 0, ``image_of (B,) int64`` -> logits ``(B, 1, S/8, S/8)``.
 
         Steps before the batch's first real word are not run (they would leave the zero state).
+        ``trim_pads=False``: ``tokens`` are already cut at ``first_word_column`` (finding it reads the
+        device, which a CUDA graph capture forbids).
         """
-        first = (tokens != PAD_ID).any(0).nonzero()
-        start = int(first[0]) if len(first) else tokens.shape[1] - 1
-        return self.fusion(tokens[:, start:], self.visual(images, trunk_features), image_of)
+        if trim_pads:
+            tokens = tokens[:, first_word_column(tokens) :]
+        return self.fusion(tokens, self.visual(images, trunk_features), image_of)
 
     def forward_steps(
         self, tokens: Tensor, image_of: Tensor, images: Tensor | None = None, trunk_features: Tensor | None = None
