@@ -31,15 +31,16 @@ def shell_commands(workdir, configfile) -> list[str]:
 
 
 def test_schema_defaults_reach_the_rules(tmp_path):
-    """The tiny DAG planned from a config that writes every default out and from one that leaves
-    them all to the schema runs the same commands."""
+    """The tiny DAG planned from a config that writes every default out (each key it omits) and from
+    one that leaves them all to the schema (each key set to its default removed) runs the same commands."""
     explicit = yaml.safe_load(TINY_CONFIG.read_text())
     implicit = copy.deepcopy(explicit)
     keys = list(defaulted_keys(SCHEMA, explicit))
     for mapping, key, default in keys:
-        mapping[key] = copy.deepcopy(default)
-    for mapping, key, _ in defaulted_keys(SCHEMA, implicit):
-        mapping.pop(key, None)
+        mapping.setdefault(key, copy.deepcopy(default))
+    for mapping, key, default in defaulted_keys(SCHEMA, implicit):
+        if key in mapping and mapping[key] == default:
+            del mapping[key]
     names = {key for _, key, _ in keys}
     assert {"amp", "group_by_image", "bias_lr_mult", "checkpoint_every", "batch_size", "weights_url"} <= names
     assert "amp" not in implicit["train"] and "downloads" not in implicit["datasets"]["shapes"]
