@@ -161,6 +161,7 @@ class GraphedStep:
     def _capture(self, shape: tuple, inputs: dict[str, Tensor]) -> None:
         """Record the step on ``inputs`` into a new graph (nothing runs); on failure stop capturing."""
         graph, had_state = torch.cuda.CUDAGraph(), set(self.optimizer.state)
+        warm_grads = [p.grad for p in self.params]  # the capture replaces them with its unfilled outputs
         try:
             # the outer stream context restores the current stream even if the capture fails
             with torch.cuda.stream(self.stream), self._tensor_lrs():
@@ -173,11 +174,14 @@ class GraphedStep:
             self.graphs.clear()
             for p in set(self.optimizer.state) - had_state:  # never initialised: the capture ran nothing
                 del self.optimizer.state[p]
-            self.optimizer.zero_grad(set_to_none=True)
+            for p, g in zip(self.params, warm_grads, strict=True):
+                p.grad = g
             torch.cuda.synchronize(self.device)
             log.warning("CUDA graph capture failed (%s); training goes on without graphs", self.failure)
             return
         self.graphs[shape] = graph, loss, [p.grad for p in self.params]
+        for p, g in zip(self.params, warm_grads, strict=True):
+            p.grad = g
         log.debug("captured a CUDA graph for batch shape %s (%d graphs)", shape, len(self.graphs))
 
     @contextmanager

@@ -84,6 +84,14 @@ def close(rtol: float, atol: float):
     return lambda a, b: torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
+def close_in_norm(rtol: float):
+    def check(a, b):
+        error, scale = (a - b).float().norm().item(), b.float().norm().item()
+        assert error <= rtol * scale + 1e-7, f"|a - b| = {error:.3g}, |b| = {scale:.3g} (shape {tuple(b.shape)})"
+
+    return check
+
+
 def test_first_word_column():
     tokens = torch.tensor([[0, 0, 0, 5, 6], [0, 0, 7, 8, 9], [0, 0, 0, 0, 4]])
     assert first_word_column(tokens) == 2
@@ -126,8 +134,10 @@ def test_tf32_sets_both_flags_and_restores_them(enabled):
 @on_cuda
 @pytest.mark.parametrize("fusion,frozen", [("rmi", False), ("lstm", False), ("rmi", True)])
 def test_cuda_graph_replays_equal_eager_steps(fusion, frozen):
-    # fp32 without TF32: the graphs run the eager kernels; only capturable Adam rounds differently
-    _, _, graphed = train_side_by_side(fusion, frozen, torch.device("cuda"), True, close(1e-4, 1e-5))
+    # fp32 without TF32: the graphs run the eager kernels, but capturable Adam rounds differently and
+    # cuDNN may pick other algorithms, so after a few steps single elements drift by ~1e-4 of their
+    # tensor's scale: compared in norm (a missing or stale gradient is off by ~100%)
+    _, _, graphed = train_side_by_side(fusion, frozen, torch.device("cuda"), True, close_in_norm(1e-3))
     assert graphed.failure is None
     assert len(graphed.graphs) == len(set(SHAPES))
 
