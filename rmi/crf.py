@@ -1,4 +1,4 @@
-"""DenseCRF refinement with the official parameters (DESIGN.md section 5), via pydensecrf.
+"""DenseCRF refinement with the official parameters (docs/faithfulness.md section 6), via pydensecrf.
 
 Two labels; unary ``[-log(1-p), -log(p)]`` with ``p`` clipped to ``[clip, 1-clip]``; a
 Gaussian kernel (``sxy=3, compat=3``) and a bilateral kernel on the padded RGB image

@@ -1,4 +1,4 @@
-"""Tokenizer and vocabulary, exactly as the official code (DESIGN.md section 3).
+"""Tokenizer and vocabulary of the official code (docs/faithfulness.md section 2; differences: 8.5, 8.6).
 
 ``tokenize("The man, on the LEFT.") -> ["the", "man", ",", "on", "the", "left"]``.
 Token ids are LEFT-padded to ``max_tokens`` (20) with ``<pad>`` = 0, so the last real word is

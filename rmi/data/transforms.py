@@ -1,4 +1,4 @@
-"""Resize-and-pad to S x S (DESIGN.md section 3) and its inverse, used by cache and evaluation.
+"""Resize-and-pad to S x S and its inverse, used by cache and evaluation (docs/faithfulness.md sections 1, 7).
 
 Forward: scale = min(S/h, S/w), resized size ``round(h*scale) x round(w*scale)``, centred
 zero padding (top = (S - h') // 2, left = (S - w') // 2), as the official
