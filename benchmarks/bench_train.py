@@ -46,12 +46,12 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from builders import build_shapes_caches  # noqa: E402
+from builders import build_shapes_caches, train_job  # noqa: E402
 from rmi.data.dataset import ReferDataset, StepBatchSampler  # noqa: E402
 from rmi.device import autocast, select_device, tf32  # noqa: E402
 from rmi.models.segmenter import first_word_column  # noqa: E402
 from rmi.text import Vocab  # noqa: E402
-from rmi.train import TrainJob, _build, loss_fn, run  # noqa: E402
+from rmi.train import _build, loss_fn, run  # noqa: E402
 from rmi.train_step import make_step  # noqa: E402
 
 PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
@@ -131,19 +131,6 @@ def hparams(args, fusion: str, case: Case, steps: int) -> dict:
     }
 
 
-def train_job(caches: dict, hp: dict, out: Path, **kw) -> TrainJob:
-    return TrainJob(
-        cache=caches["train"],
-        vocab=caches["vocab"],
-        hparams=hp,
-        out_model=out / "model.pt",
-        out_log=out / "train_log.csv",
-        checkpoint_dir=out / "ckpt",
-        progress=False,
-        **kw,
-    )
-
-
 def peak_tflops(device: torch.device) -> tuple[str, dict | None]:
     """``(device name, dense peaks by precision or None)``."""
     if device.type != "cuda":
@@ -210,7 +197,7 @@ def time_case(args, fusion: str, case: Case, caches: dict, dataset, device, peak
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    model, optimizer, scheduler = _build(train_job(caches, hp, tmp), vocab, device)
+    model, optimizer, scheduler = _build(train_job(caches, tmp, hp), vocab, device)
     model.train()
     batches = sample_batches(dataset, case.batch, args.batches, device, model.trunk if case.features else None)
     amp, tf32_flag, peak_key = PRECISIONS[case.precision]
@@ -258,7 +245,7 @@ def time_loop(args, fusion: str, case: Case, caches: dict, device, peaks, tmp: P
     """Steps/s of the real training loop (``rmi.train.run``: DataLoader, step, logging) over its second half."""
     hp = hparams(args, fusion, case, steps=args.loop_steps)
     log_every = max(1, args.loop_steps // 20)
-    run(train_job(caches, hp, tmp, threads=args.threads, device=str(device), log_every=log_every))
+    run(train_job(caches, tmp, hp, threads=args.threads, device=str(device), log_every=log_every))
     rows = [line.split(",") for line in (tmp / "train_log.csv").read_text().splitlines()[1:]]
     (s0, t0), (s1, t1) = [(int(r[0]), float(r[3])) for r in (rows[len(rows) // 2], rows[-1])]
     line = {"kind": "loop", "fusion": fusion, "case": f"loop-{case.name}", "batch": case.batch}
@@ -270,7 +257,7 @@ def predict_sweep(args, fusion: str, precision: str, caches: dict, device, tmp: 
     vocab = Vocab.load(caches["vocab"])
     amp, tf32_flag, _ = PRECISIONS[precision]
     torch.manual_seed(0)
-    model, _, _ = _build(train_job(caches, hparams(args, fusion, Case(1, precision, False), 1), tmp), vocab, device)
+    model, _, _ = _build(train_job(caches, tmp, hparams(args, fusion, Case(1, precision, False), 1)), vocab, device)
     model.eval()
     batch = 1
     while batch <= args.predict_cap:
@@ -402,7 +389,7 @@ def main() -> None:
         for fusion in a.fusions.split(","):
             if cases:
                 hp = hparams(a, fusion, cases[0], 1)
-                meta_model, _, _ = _build(train_job(caches, hp, Path(tmp)), Vocab.load(caches["vocab"]), "meta")
+                meta_model, _, _ = _build(train_job(caches, Path(tmp), hp), Vocab.load(caches["vocab"]), "meta")
                 flops_of = flop_counter(meta_model)
             for k, case in enumerate(cases):
                 out = Path(tmp) / f"{fusion}-{k}"

@@ -100,17 +100,22 @@ def build_shapes_caches(
     return out
 
 
-def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_size: int = 64) -> Path:
-    """Train a very small ``tiny`` model for ``steps`` steps on ``caches["train"]``; returns model.pt."""
-    from rmi.train import TrainJob, run
-
-    hp = {
+def tiny_hparams(
+    fusion: str, steps: int, *, image_size: int, dim: int = 16, freeze: bool = False, widths=None, **train
+) -> dict:
+    """The ``hparams`` a ``train`` job gets (as ``rules/common.smk`` builds them) for a small ``tiny`` model
+    trained from scratch; ``train`` overrides the training keys (defaults: batch 8, lr 3e-3, grouped by image).
+    """
+    backbone_cfg = {"pretrained": False, "freeze_trunk": freeze, "weights_path": None}
+    if widths is not None:
+        backbone_cfg["widths"] = list(widths)
+    return {
         "seed": 0,
         "image_size": image_size,
         "backbone": "tiny",
         "fusion": fusion,
-        "backbone_cfg": {"pretrained": False, "freeze_trunk": False, "weights_path": None, "widths": [8, 8, 16]},
-        "model": {k: 16 for k in ("visual_dim", "embed_dim", "lstm_dim", "mlstm_dim", "mlp_dim")},
+        "backbone_cfg": backbone_cfg,
+        "model": {k: dim for k in ("visual_dim", "embed_dim", "lstm_dim", "mlstm_dim", "mlp_dim")},
         "train": {
             "steps": steps,
             "batch_size": 8,
@@ -119,25 +124,39 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
             "lr_power": 0.9,
             "weight_decay": 5e-4,
             "bias_lr_mult": 1.0,
-            "group_by_image": False,
+            "group_by_image": True,
             "length_buckets": False,
             "loss_reduction": "sum",
             "cuda_graphs": True,
             "amp": True,
+            **train,
         },
     }
-    out = root / fusion
-    run(
-        TrainJob(
-            cache=caches["train"],
-            vocab=caches["vocab"],
-            hparams=hp,
-            out_model=out / "model.pt",
-            out_log=out / "train_log.csv",
-            checkpoint_dir=out / "ckpt",
-            progress=False,
-        )
+
+
+def train_job(caches: dict, out: Path, hp: dict, **kw):
+    """A ``TrainJob`` on ``caches["train"]`` writing everything under ``out`` (no progress bar)."""
+    from rmi.train import TrainJob
+
+    return TrainJob(
+        cache=caches["train"],
+        vocab=caches["vocab"],
+        hparams=hp,
+        out_model=out / "model.pt",
+        out_log=out / "train_log.csv",
+        checkpoint_dir=out / "ckpt",
+        progress=False,
+        **kw,
     )
+
+
+def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_size: int = 64) -> Path:
+    """Train a very small ``tiny`` model for ``steps`` steps on ``caches["train"]``; returns model.pt."""
+    from rmi.train import run
+
+    hp = tiny_hparams(fusion, steps, image_size=image_size, widths=(8, 8, 16), group_by_image=False)
+    out = root / fusion
+    run(train_job(caches, out, hp))
     return out / "model.pt"
 
 

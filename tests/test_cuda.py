@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import build_shapes_caches, process_group
+from builders import build_shapes_caches, process_group, tiny_hparams, train_job
 from rmi.data.dataset import ReferDataset
 from rmi.device import select_device
 from rmi.inference import predict_logits
 from rmi.model_file import load_model
-from rmi.train import PREEMPTED_EXIT_CODE, TrainJob, run
+from rmi.train import PREEMPTED_EXIT_CODE, run
 
 pytestmark = [
     pytest.mark.cuda,
@@ -38,28 +38,7 @@ def caches(tmp_path_factory):
 
 
 def hparams(fusion: str, amp: bool) -> dict:
-    return {
-        "seed": 0,
-        "image_size": S,
-        "backbone": "tiny",
-        "fusion": fusion,
-        "backbone_cfg": {"pretrained": False, "freeze_trunk": False, "weights_path": None},
-        "model": {k: 32 for k in ("visual_dim", "embed_dim", "lstm_dim", "mlstm_dim", "mlp_dim")},
-        "train": {
-            "steps": 150,
-            "batch_size": 8,
-            "lr": 3e-3,
-            "lr_end": 1e-5,
-            "lr_power": 0.9,
-            "weight_decay": 5e-4,
-            "bias_lr_mult": 1.0,
-            "group_by_image": True,
-            "length_buckets": False,
-            "loss_reduction": "sum",
-            "cuda_graphs": True,
-            "amp": amp,
-        },
-    }
+    return tiny_hparams(fusion, 150, image_size=S, dim=32, amp=amp)
 
 
 def test_select_device_prefers_cuda():
@@ -70,21 +49,8 @@ def test_select_device_prefers_cuda():
 @pytest.mark.parametrize("fusion", ["lstm", "rmi"])
 def test_cuda_bf16_training_and_inference(caches, tmp_path, fusion):
     out = tmp_path / fusion
-    run(
-        TrainJob(
-            cache=caches["train"],
-            vocab=caches["vocab"],
-            hparams=hparams(fusion, amp=True),
-            out_model=out / "model.pt",
-            out_log=out / "log.csv",
-            checkpoint_dir=out / "ckpt",
-            threads=2,
-            device="cuda",
-            progress=False,
-            log_every=10,
-        )
-    )
-    loss = pd.read_csv(out / "log.csv")["loss"].to_numpy()
+    run(train_job(caches, out, hparams(fusion, amp=True), threads=2, device="cuda", log_every=10))
+    loss = pd.read_csv(out / "train_log.csv")["loss"].to_numpy()
     assert np.isfinite(loss).all()
     assert loss[-3:].mean() < 0.8 * loss[:2].mean()
 

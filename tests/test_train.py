@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import build_shapes_caches, process_group
+from builders import build_shapes_caches, process_group, tiny_hparams, train_job
 from rmi.baselines import baseline_rows
 from rmi.data.cache import CacheReader
 from rmi.features import extract_features
@@ -24,7 +24,7 @@ from rmi.inference import predict_split
 from rmi.metrics import evaluate_split, summarize
 from rmi.model_file import load_model
 from rmi.pretrain import pretrain_trunk
-from rmi.train import PREEMPTED_EXIT_CODE, TrainJob, loss_fn, poly_lr_factor, run
+from rmi.train import PREEMPTED_EXIT_CODE, loss_fn, poly_lr_factor, run
 
 REPO = Path(__file__).resolve().parents[1]
 S = 64
@@ -40,42 +40,7 @@ def caches(tmp_path_factory):
 
 
 def hparams(fusion: str, steps: int, freeze: bool = False, **train) -> dict:
-    return {
-        "seed": 0,
-        "image_size": S,
-        "backbone": "tiny",
-        "fusion": fusion,
-        "backbone_cfg": {"pretrained": False, "freeze_trunk": freeze, "weights_path": None},
-        "model": {"visual_dim": 32, "embed_dim": 32, "lstm_dim": 32, "mlstm_dim": 32, "mlp_dim": 32},
-        "train": {
-            "steps": steps,
-            "batch_size": 8,
-            "lr": 3e-3,
-            "lr_end": 1e-5,
-            "lr_power": 0.9,
-            "weight_decay": 5e-4,
-            "bias_lr_mult": 1.0,
-            "group_by_image": True,
-            "length_buckets": False,
-            "loss_reduction": "sum",
-            "cuda_graphs": True,
-            "amp": True,
-            **train,
-        },
-    }
-
-
-def job(caches, out: Path, hp: dict, **kw) -> TrainJob:
-    return TrainJob(
-        cache=caches["train"],
-        vocab=caches["vocab"],
-        hparams=hp,
-        out_model=out / "model.pt",
-        out_log=out / "train_log.csv",
-        checkpoint_dir=out / "ckpt",
-        progress=False,
-        **kw,
-    )
+    return tiny_hparams(fusion, steps, image_size=S, dim=32, freeze=freeze, **train)
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +48,15 @@ def recipe(tmp_path_factory):
     """The demo's recipe in miniature: a generated set; the tiny trunk pretrained for dense labels of its
     training images only, frozen, its features cached once per image."""
     root = tmp_path_factory.mktemp("recipe")
+    # 1000 training images (300 overfit: train oIoU 0.53, val 0.20), objects large for the 8 x 8 cell grid
     caches = build_shapes_caches(
-        root, {"train": 300, "val": 40}, image_size=S, objects=[2, 3], object_scale=[0.25, 0.42]
+        root, {"train": 1000, "val": 40}, image_size=S, objects=[2, 3], object_scale=[0.32, 0.48]
     )
     data = root / "data"
     source = {"format": "refer", "refer_dir": str(data), "split_by": "unc", "image_dir": str(data / "images")}
     weights = root / "tiny.pth"
     torch.set_num_threads(2)
-    pretrain_trunk([{**source, "split": "train"}], weights, WIDTHS, S, steps=400, batch_size=16, lr=3e-3, threads=2)
+    pretrain_trunk([{**source, "split": "train"}], weights, WIDTHS, S, steps=1500, batch_size=32, lr=3e-3, threads=2)
     trunk = {"pretrained": True, "freeze_trunk": True, "weights_path": str(weights), "widths": list(WIDTHS)}
     features = root / "features.h5"
     extract_features(caches["train"], features, "tiny", trunk, 32, weights_path=str(weights), batch_size=32)
@@ -99,14 +65,21 @@ def recipe(tmp_path_factory):
 
 @pytest.mark.parametrize("fusion", ["lstm", "rmi"])
 def test_training_learns(recipe, tmp_path, fusion):
-    """On the VAL split, the model beats both language-blind baselines (rmi.baselines) by a margin."""
+    """On the VAL split, the model beats both language-blind baselines (rmi.baselines) by a margin.
+
+    Measured at these seeds (2 threads): val overall IoU LSTM 0.448, RMI 0.467; best baseline 0.323.
+    """
     torch.set_num_threads(2)
     caches, out = recipe["caches"], tmp_path / fusion
-    hp = hparams(fusion, steps=1500, group_by_image=False, length_buckets=True, lr=2.5e-3, batch_size=16)
+    hp = hparams(fusion, steps=5000, group_by_image=False, length_buckets=True, lr=2.5e-3, batch_size=16)
     hp["backbone_cfg"] = recipe["trunk"]
-    run(job(caches, out, hp, threads=2, log_every=15, weights_path=str(recipe["weights"]), features=recipe["features"]))
+    run(
+        train_job(
+            caches, out, hp, threads=2, log_every=15, weights_path=str(recipe["weights"]), features=recipe["features"]
+        )
+    )
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "lr", "time"] and log["step"].iloc[-1] == 1500
+    assert list(log.columns) == ["step", "loss", "lr", "time"] and log["step"].iloc[-1] == 5000
     assert log["loss"].tail(5).mean() < 0.7 * log["loss"].head(3).mean()
     assert log["lr"].is_monotonic_decreasing and log["time"].is_monotonic_increasing
     assert not (out / "ckpt" / "state.pt").exists()  # removed after a finished run
@@ -117,7 +90,7 @@ def test_training_learns(recipe, tmp_path, fusion):
         r["baseline"]: r["oIoU"] / 100 for r in baseline_rows("shapes", "val", caches["val"], recipe["source"], [0.5])
     }
     print(f"{fusion}: val overall IoU {metrics['overall_iou']:.3f}, baselines {baselines}")
-    assert metrics["overall_iou"] > max(baselines.values()) + 0.05, (metrics, baselines)
+    assert metrics["overall_iou"] > max(baselines.values()) + 0.08, (metrics, baselines)
 
 
 def test_loss_is_the_official_sum_over_cells():
@@ -255,12 +228,12 @@ def test_sigterm_to_the_process_group_with_workers(caches, tmp_path):
 
 
 def test_checkpoint_of_other_hparams_is_ignored(caches, tmp_path):
-    run(job(caches, tmp_path, hparams("lstm", steps=10), checkpoint_every=5, threads=1))
+    run(train_job(caches, tmp_path, hparams("lstm", steps=10), checkpoint_every=5, threads=1))
     first = pd.read_csv(tmp_path / "train_log.csv")
     state_dir = tmp_path / "ckpt"
     # a stale checkpoint from another configuration must not be resumed
     torch.save({"digest": "other", "step": 5}, state_dir / "state.pt")
-    run(job(caches, tmp_path, hparams("lstm", steps=10), checkpoint_every=5, threads=1))
+    run(train_job(caches, tmp_path, hparams("lstm", steps=10), checkpoint_every=5, threads=1))
     pd.testing.assert_frame_equal(first[["step", "loss"]], pd.read_csv(tmp_path / "train_log.csv")[["step", "loss"]])
 
 
@@ -270,8 +243,8 @@ def test_feature_cache_matches_trunk(caches, tmp_path):
     hp = hparams("rmi", steps=20, freeze=True)
     features = tmp_path / "features.h5"
     extract_features(caches["train"], features, "tiny", hp["backbone_cfg"], 32, batch_size=16)
-    run(job(caches, tmp_path / "direct", hp, threads=1))
-    run(job(caches, tmp_path / "cached", hp, threads=1, features=features))
+    run(train_job(caches, tmp_path / "direct", hp, threads=1))
+    run(train_job(caches, tmp_path / "cached", hp, threads=1, features=features))
     direct = pd.read_csv(tmp_path / "direct" / "train_log.csv")["loss"].to_numpy()
     cached = pd.read_csv(tmp_path / "cached" / "train_log.csv")["loss"].to_numpy()
     np.testing.assert_allclose(cached, direct, rtol=5e-2)
@@ -299,7 +272,7 @@ def test_feature_cache_refuses_features_beyond_fp16(caches, tmp_path, monkeypatc
 
 
 def test_prediction_does_not_depend_on_batching(caches, tmp_path):
-    run(job(caches, tmp_path, hparams("rmi", steps=5), threads=1))
+    run(train_job(caches, tmp_path, hparams("rmi", steps=5), threads=1))
     predict_split(tmp_path / "model.pt", caches["val"], tmp_path / "b1.h5", batch_size=1)
     predict_split(tmp_path / "model.pt", caches["val"], tmp_path / "b7.h5", batch_size=7)
     import h5py
