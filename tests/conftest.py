@@ -47,6 +47,8 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 #: where the tiny config's rules write (relative to the working directory)
 TINY_RESULTS = yaml.safe_load(TINY_CONFIG.read_text())["results_dir"]
+# Rules that declare resources: gpu=1 (rules/*.smk): the profiles give them the GPU partition
+GPU_RULES = {"train", "predict", "extract_features", "pretrain_backbone"}
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, cores: int = 2, check: bool = True):

@@ -6,9 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO, planned_jobs, snakemake
-
-GPU_RULES = {"train", "predict", "extract_features"}
+from conftest import GPU_RULES, REPO, planned_jobs, snakemake
 
 
 def job_resources(dry_run: str) -> list[tuple[str, dict[str, str]]]:

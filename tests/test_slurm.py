@@ -13,14 +13,13 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import REPO, TINY_RESULTS, planned_jobs, snakemake
+from conftest import GPU_RULES, REPO, TINY_RESULTS, planned_jobs, snakemake
 
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(os.environ.get("RMI_TEST_SLURM") != "1", reason="set RMI_TEST_SLURM=1 with SLURM running"),
 ]
 PROFILE = REPO / "profiles" / "slurm"
-GPU_RULES = {"train", "predict", "extract_features"}
 LOCAL_RULES = {"all", "download", "fetch_weights", "tables"}
 
 
