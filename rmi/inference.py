@@ -67,7 +67,7 @@ def predict_split(
     log.info("predicting %d expressions of %s with %s on %s", len(dataset), cache_path, model_path, dev)
     train = info.hparams["train"]
     with tf32(train.get("tf32")):
-        logits = predict_logits(model, dataset, batch_size, dev, threads, amp=bool(train.get("amp", True)))
+        logits = predict_logits(model, dataset, batch_size, dev, threads, amp=bool(train["amp"]))
     cache = dataset.cache
     write_predictions(
         out_path,
