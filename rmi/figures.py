@@ -29,7 +29,7 @@ from rmi.crf import CRFParams, refine  # noqa: E402
 from rmi.data.cache import CacheReader  # noqa: E402
 from rmi.data.transforms import unpad_and_resize, upsample_logits  # noqa: E402
 from rmi.fileio import atomic_path  # noqa: E402
-from rmi.prediction_file import PredictionReader  # noqa: E402
+from rmi.prediction_file import PredictionReader, probability  # noqa: E402
 from rmi.text import tokenize  # noqa: E402
 
 MASK_RGB = np.array([230, 30, 30], np.float64)
@@ -64,10 +64,10 @@ def progression_steps(model, cache: CacheReader, row: int) -> dict[str, np.ndarr
     for RMI, ``response (n, S, S)`` (channel mean of the mLSTM state, bilinearly upsampled)."""
     n, size = int(cache.n_tokens[row]), cache.image_size
     steps = model.forward_steps(**_inputs(cache, row))
-    logits = upsample_logits(steps["logits"][0, -n:].float(), size)[:, 0].numpy()
+    logits = upsample_logits(steps["logits"][0, -n:, 0].float().numpy(), size)
     out = {"logits": logits, "masks": logits > 0}
     if "response" in steps:
-        out["response"] = upsample_logits(steps["response"][0, -n:, None].float(), size)[:, 0].numpy()
+        out["response"] = upsample_logits(steps["response"][0, -n:].float().numpy(), size)
     return out
 
 
@@ -124,7 +124,7 @@ def response_maps(model, cache: CacheReader, row: int, crf: CRFParams, out_png: 
     words = words_of(cache, row)
     padded = cache.image(int(cache.image_index[row]))
     image = _content(cache, row, padded)
-    prob = 1.0 / (1.0 + np.exp(-steps["logits"][-1]))
+    prob = probability(steps["logits"][-1])
     final = _content(cache, row, refine(prob, padded, crf))
     cols = len(words) + 1
     fig, axes = plt.subplots(1, cols, figsize=(1.7 * cols + 0.8, 2.4), squeeze=False)

@@ -20,7 +20,7 @@ from rmi.data.transforms import resize_and_crop, resize_and_pad_image, unpad_and
 from rmi.device import autocast, model_inputs, select_device, tf32
 from rmi.errors import InputError
 from rmi.model_file import ModelInfo, load_model
-from rmi.prediction_file import threshold_logits, write_predictions
+from rmi.prediction_file import probability, threshold_logits, write_predictions
 from rmi.text import Vocab, has_word, tokenize
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,9 @@ def predict_image(
         image_of=torch.zeros(1, dtype=torch.int64, device=device),
         images=torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None].to(device),
     )
-    up = upsample_logits(logits.float().cpu(), size)[0, 0]  # on the CPU, as PredictionReader does
-    prob_padded = torch.sigmoid(up).numpy()
-    binary = threshold_logits(up.numpy()) if crf is None else refine(prob_padded, padded, crf)
+    up = upsample_logits(logits[0, 0].float().cpu().numpy(), size)  # as PredictionReader does
+    prob_padded = probability(up)
+    binary = threshold_logits(up) if crf is None else refine(prob_padded, padded, crf)
     h, w = image.shape[:2]
-    probability = unpad_and_resize(prob_padded, h, w, mode="bilinear")
-    return Prediction(probability, resize_and_crop(binary, h, w), tokens, unknown)
+    prob = unpad_and_resize(prob_padded, h, w, mode="bilinear")
+    return Prediction(prob, resize_and_crop(binary, h, w), tokens, unknown)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
+from scipy.special import expit
 
 from rmi.data.transforms import resize_and_crop, unpad_and_resize, upsample_logits
 from rmi.errors import InputError
@@ -53,6 +53,11 @@ def threshold_logits(padded_logits: np.ndarray) -> np.ndarray:
     """Upsampled logits ``(..., S, S)`` -> ``(..., S, S) bool``: ``>= 1e-9``, compared in float32 as
     the official code compares its float32 TF output with the Python float ``1e-9``."""
     return np.asarray(padded_logits, np.float32) >= SCORE_THRESHOLD
+
+
+def probability(logits: np.ndarray) -> np.ndarray:
+    """Foreground probability (the sigmoid) of logits of any shape, float32."""
+    return expit(np.asarray(logits, np.float32))
 
 
 def write_predictions(
@@ -122,12 +127,11 @@ class PredictionReader:
 
     def padded_logits(self, i: int) -> np.ndarray:
         """Logits upsampled to ``(S, S) float32``."""
-        low = torch.from_numpy(self.logits(i))[None, None]
-        return upsample_logits(low, self.image_size)[0, 0].numpy()
+        return upsample_logits(self.logits(i), self.image_size)
 
     def padded_probability(self, i: int) -> np.ndarray:
         """Foreground probability ``(S, S) float32`` (the DenseCRF input)."""
-        return 1.0 / (1.0 + np.exp(-self.padded_logits(i)))
+        return probability(self.padded_logits(i))
 
     def padded_mask(self, i: int) -> np.ndarray:
         """Binary prediction at ``(S, S) bool`` (logits: ``threshold_logits`` of the upsampled logits)."""

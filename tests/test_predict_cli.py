@@ -93,8 +93,9 @@ def test_predict_image_probability_and_mask(trained):
     tokens = torch.from_numpy(info.vocab.encode("red circle on the left", info.max_tokens))[None]
     padded = torch.from_numpy(resize_and_pad_image(image, info.image_size).transpose(2, 0, 1).copy())[None]
     with torch.no_grad():
-        up = upsample_logits(model(tokens, torch.zeros(1, dtype=torch.int64), images=padded), info.image_size)
-    np.testing.assert_array_equal(pred.mask, resize_and_crop(up[0, 0].numpy() >= np.float32(1e-9), 50, 80))
+        logits = model(tokens, torch.zeros(1, dtype=torch.int64), images=padded)
+    up = upsample_logits(logits[0, 0].numpy(), info.image_size)
+    np.testing.assert_array_equal(pred.mask, resize_and_crop(up >= np.float32(1e-9), 50, 80))
     assert pred.tokens == ["red", "circle", "on", "the", "left"]
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from reference_resize import official_resize_and_crop
 from scipy import ndimage
 
@@ -10,6 +11,7 @@ from rmi.data.transforms import (
     resize_and_crop,
     resize_and_pad_image,
     resize_and_pad_mask,
+    resize_bilinear,
     unpad_and_resize,
     upsample_logits,
 )
@@ -120,19 +122,45 @@ def test_cell_grid_samples_every_eighth_pixel():
 
 
 def test_upsample_logits_shape_and_constant():
-    up = upsample_logits(torch.full((2, 1, 5, 5), 3.0), 40)
-    assert up.shape == (2, 1, 40, 40) and torch.allclose(up, torch.tensor(3.0))
+    up = upsample_logits(np.full((2, 5, 5), 3.0), 40)
+    assert up.shape == (2, 40, 40) and up.dtype == np.float32 and np.allclose(up, 3.0)
 
 
-def test_upsample_logits_is_tf1_bilinear_aligned_with_the_cell_grid():
+def test_upsample_logits_is_tf1_bilinear_aligned_with_the_cell_grid(rng):
     """Pixel (8i, 8j) gets cell (i, j) exactly (what the training target mask[8i, 8j] taught);
     pixels in between interpolate linearly; the last 7 rows/columns hold the border value."""
-    low5 = torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    low5 = rng.standard_normal((2, 5, 5)).astype(np.float32)
     up = upsample_logits(low5, 40)
-    assert torch.allclose(cell_grid(up), low5)
-    assert torch.allclose(up[..., 4, 0], (low5[..., 0, 0] * 4 + low5[..., 1, 0] * 4) / 8)
-    assert torch.allclose(up[..., 2, 8], (6 * low5[..., 0, 1] + 2 * low5[..., 1, 1]) / 8)
-    assert torch.allclose(up[..., 39, 39], low5[..., 4, 4])
+    np.testing.assert_allclose(cell_grid(up), low5, atol=1e-6)
+    np.testing.assert_allclose(up[:, 4, 0], (low5[:, 0, 0] * 4 + low5[:, 1, 0] * 4) / 8, atol=1e-6)
+    np.testing.assert_allclose(up[:, 2, 8], (6 * low5[:, 0, 1] + 2 * low5[:, 1, 1]) / 8, atol=1e-6)
+    np.testing.assert_allclose(up[:, 39, 39], low5[:, 4, 4], atol=1e-6)
     # a mask on the cell grid comes back as itself at the grid points
-    mask = (torch.rand(1, 1, 8, 8) > 0.5).double() * 2 - 1
-    assert torch.equal(cell_grid(upsample_logits(mask, 64)) > 0, mask > 0)
+    mask = (rng.random((8, 8)) > 0.5) * 2.0 - 1
+    np.testing.assert_array_equal(cell_grid(upsample_logits(mask, 64)) > 0, mask > 0)
+
+
+def _disk_or_dots(rng, h: int, w: int, k: int) -> np.ndarray:
+    if k % 3 == 0:
+        return rng.random((h, w)) < 0.01
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - rng.uniform(0, h)) ** 2 + (xx - rng.uniform(0, w)) ** 2 < rng.uniform(1, 150) ** 2
+
+
+def test_numpy_resizes_equal_torch_interpolate(rng):
+    """The NumPy resizes (no torch in evaluation) give PyTorch's ``interpolate`` results: the same
+    foreground after ``> 0`` (bilinear, ``align_corners=False``) and the same pixels (nearest)."""
+    for k in range(400):
+        h, w, out_h, out_w = (int(v) for v in rng.integers(2, 400, 4))
+        mask = _disk_or_dots(rng, h, w, k).astype(np.float32)
+        t = torch.from_numpy(mask)[None, None]
+        bilinear = F.interpolate(t, size=(out_h, out_w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        ours = resize_bilinear(mask, out_h, out_w)
+        np.testing.assert_array_equal(ours > 0, bilinear > 0)
+        np.testing.assert_allclose(ours, bilinear, atol=1e-5)
+        size = max(out_h, out_w)
+        geo = PadGeometry.of(h, w, size)
+        np.testing.assert_array_equal(
+            resize_and_pad_mask(mask > 0, size, mode="nearest")[geo.box],
+            F.interpolate(t, size=(geo.new_height, geo.new_width), mode="nearest")[0, 0].numpy() > 0,
+        )

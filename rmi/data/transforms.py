@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 OUTPUT_STRIDE = 8
@@ -78,11 +76,12 @@ def resize_and_pad_mask(mask: np.ndarray, size: int, mode: str = "bilinear") -> 
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"unknown mode {mode!r} (nearest | bilinear)")
     geo = PadGeometry.of(mask.shape[0], mask.shape[1], size)
-    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    resized = F.interpolate(t, size=(geo.new_height, geo.new_width), mode=mode, **kwargs)
     out = np.zeros((size, size), dtype=bool)
-    out[geo.box] = resized[0, 0].numpy() > 0
+    if mode == "nearest":
+        rows = _nearest_index(mask.shape[0], geo.new_height)
+        out[geo.box] = mask[np.ix_(rows, _nearest_index(mask.shape[1], geo.new_width))]
+    else:
+        out[geo.box] = resize_bilinear(np.asarray(mask, np.float32), geo.new_height, geo.new_width) > 0
     return out
 
 
@@ -101,8 +100,7 @@ def unpad_and_resize(padded: np.ndarray, height: int, width: int, mode: str = "n
         img = Image.fromarray(np.ascontiguousarray(content, dtype=np.uint8))
         return np.asarray(img.resize((width, height), Image.Resampling.NEAREST)).astype(padded.dtype)
     if mode == "bilinear":
-        t = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))[None, None]
-        return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return resize_bilinear(np.asarray(content, np.float32), height, width)
     raise ValueError(f"unknown mode {mode!r} (nearest | bilinear)")
 
 
@@ -127,8 +125,8 @@ def resize_and_crop(binary: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[top : top + height, left : left + width] > 0
 
 
-def cell_grid(mask: np.ndarray | torch.Tensor, stride: int = OUTPUT_STRIDE):
-    """Training target at the feature grid: ``(..., S, S) -> (..., S/stride, S/stride)``.
+def cell_grid(mask, stride: int = OUTPUT_STRIDE):
+    """Training target at the feature grid: ``(..., S, S) -> (..., S/stride, S/stride)`` (NumPy or torch).
 
     Samples ``mask[stride*i, stride*j]``, which is what the official bilinear resize of the
     target to 40 x 40 (TF1, no half-pixel centres) reads.
@@ -136,29 +134,52 @@ def cell_grid(mask: np.ndarray | torch.Tensor, stride: int = OUTPUT_STRIDE):
     return mask[..., ::stride, ::stride]
 
 
-def _tf1_bilinear_weights(n_in: int, n_out: int) -> torch.Tensor:
-    """``(n_out, n_in)`` float64 weights of TF1 ``resize_bilinear`` (``align_corners=False``,
-    no half-pixel centres): output index ``p`` reads input coordinate ``p * n_in / n_out``."""
-    x = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
-    lo = x.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = x - lo
-    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
-    rows = torch.arange(n_out)
-    weights[rows, lo] += 1 - frac
-    weights[rows, hi] += frac
-    return weights
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output index, PyTorch's ``nearest``: ``floor(dst * (n_in / n_out))`` in float32."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64), n_in - 1)
 
 
-def upsample_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, C, S/8, S/8) -> (B, C, S, S)`` bilinear upsampling as the official TF1 code does it.
+def _bilinear_matrix(n_in: int, n_out: int, half_pixel: bool) -> np.ndarray:
+    """``(n_out, n_in)`` float32 interpolation weights; each row holds at most two non-zero weights.
+
+    ``half_pixel``: PyTorch's ``bilinear, align_corners=False`` (source ``(dst + 0.5) * n_in / n_out - 0.5``,
+    clamped at 0), with its float32 arithmetic, so that a weight is exactly zero where PyTorch's is.
+    Otherwise TF1 ``resize_bilinear`` (``align_corners=False``, no half-pixel centres): output ``p``
+    reads input coordinate ``p * n_in / n_out``.
+    """
+    dst = np.arange(n_out, dtype=np.float32 if half_pixel else np.float64)
+    if half_pixel:  # scale * (dst + 0.5) - 0.5 rounded once to float32, as PyTorch's fused multiply-add does
+        scale = np.float64(np.float32(n_in) / np.float32(n_out))
+        src = np.maximum((scale * (dst + np.float32(0.5)).astype(np.float64) - 0.5).astype(np.float32), 0)
+    else:
+        src = dst * (n_in / n_out)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = np.clip(src - lo, 0, 1)
+    weights = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    np.add.at(weights, (rows, lo), 1 - frac)
+    np.add.at(weights, (rows, hi), frac)
+    return weights.astype(np.float32)
+
+
+def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(..., h, w) -> (..., height, width)`` float32, PyTorch's ``interpolate(mode="bilinear",
+    align_corners=False)`` (half-pixel centres, no antialiasing) as two matrix products."""
+    wy = _bilinear_matrix(array.shape[-2], height, half_pixel=True)
+    wx = _bilinear_matrix(array.shape[-1], width, half_pixel=True)
+    return wy @ np.asarray(array, np.float32) @ wx.T
+
+
+def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
+    """``(..., S/8, S/8) -> (..., S, S)`` float32 bilinear upsampling as the official TF1 code does it.
 
     Pixel ``(8i, 8j)`` gets exactly cell ``(i, j)``'s value -- the cell the training target
     ``mask[8i, 8j]`` (``cell_grid``) taught -- and pixels in between interpolate linearly. (PyTorch's
     ``align_corners=False`` uses half-pixel centres instead, which would shift every prediction by
     3.5 pixels against what the model was trained on.)
     """
-    h, w = logits.shape[-2:]
-    wy = _tf1_bilinear_weights(h, size).to(logits.device, logits.dtype)
-    wx = _tf1_bilinear_weights(w, size).to(logits.device, logits.dtype)
-    return torch.einsum("ph,...hw,qw->...pq", wy, logits, wx)
+    wy = _bilinear_matrix(logits.shape[-2], size, half_pixel=False)
+    wx = _bilinear_matrix(logits.shape[-1], size, half_pixel=False)
+    return wy @ np.asarray(logits, np.float32) @ wx.T
