@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+log = logging.getLogger(__name__)
 
 #: batch keys the model's ``forward`` takes (see ``rmi.data.dataset``)
 MODEL_INPUT_KEYS = ("tokens", "image_of", "images", "trunk_features")
 
 
 def select_device(preferred: str | None = None) -> torch.device:
-    """``preferred`` if given, else CUDA when available, else CPU."""
-    if preferred:
-        return torch.device(preferred)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``preferred`` if given, else CUDA when available, else CPU; logged as ``device: cuda
+    (CUDA_VISIBLE_DEVICES=2)`` or ``device: cpu`` (a GPU job's log shows which GPU it ran on)."""
+    device = torch.device(preferred or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        log.info("device: %s (CUDA_VISIBLE_DEVICES=%s)", device, os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+    else:
+        log.info("device: %s", device)
+    return device
 
 
 def model_inputs(batch: dict, device: torch.device) -> dict:

@@ -31,6 +31,14 @@ def results(path):
     return f"{RESULTS}/{path}"
 
 
+# GPU slots of local runs (rmi.gpu_slots): a GPU rule's script takes one of the jobs_per_gpu slots
+# of a GPU and runs on that GPU alone. Environment, not params: the GPU a job ran on changes no output.
+os.environ.update(
+    RMI_GPU_SLOTS=os.path.abspath(results(".gpu_slots")),
+    RMI_JOBS_PER_GPU=str(config["jobs_per_gpu"]),
+)
+
+
 DATASETS = list(config["datasets"])
 BACKBONES = list(config["backbones"])
 FUSIONS = list(config["fusions"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from rmi.cli.common import run_cli
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"rmi: error: unknown command {args[0]!r}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(f"rmi.cli.{args[0]}")
-    run_cli(lambda _: module.main(args[1:]))
+    # a command prints its results: stderr carries warnings and one-line errors only
+    run_cli(lambda _: module.main(args[1:]), level=logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """What every ``workflow_scripts/*.py`` shares: logging to stderr and one-line input errors.
 
 A script is ``def main(argv=None)`` (argparse reads ``sys.argv`` when ``argv`` is None) and
-ends with ``if __name__ == "__main__": run_cli(main)``. Rules redirect stderr into their
-``log:`` file, so everything a script reports lands there.
+ends with ``if __name__ == "__main__": run_cli(main)``, ``run_cli(main, gpu=True)`` for the
+scripts of the GPU rules. Rules redirect stderr into their ``log:`` file, so everything a script
+reports lands there.
 """
 
 from __future__ import annotations
@@ -11,21 +12,27 @@ import logging
 import sys
 from collections.abc import Callable
 
+from rmi import gpu_slots
 from rmi.errors import InputError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def run_cli(main: Callable[[list[str] | None], None]) -> None:
-    """Set up logging (INFO, stderr) and call ``main(None)``.
+def run_cli(main: Callable[[list[str] | None], None], gpu: bool = False, level: int = logging.INFO) -> None:
+    """Set up logging (``level``, stderr) and call ``main(None)``.
+
+    ``gpu``: first take a GPU slot (``rmi.gpu_slots.acquire_from_env``: under the workflow, outside
+    SLURM, on a machine with GPUs), so that ``main`` runs on the one GPU of the slot.
 
     A ``rmi.errors.InputError`` (bad user input: a missing or corrupt file, a checksum
     mismatch...) is printed as one line ``error: <where>: <problem>`` on stderr and the process
     exits with status 1; any other exception is a bug and keeps its traceback.
     """
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     logging.captureWarnings(True)
     try:
+        if gpu:
+            gpu_slots.acquire_from_env()
         main(None)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ the original size; ``--overlay`` the image with the mask in red.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -72,4 +73,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, level=logging.WARNING)  # as `rmi predict`: results on stdout, errors on stderr
