@@ -9,8 +9,12 @@ rule generate_shapes:
         images=directory(results("data/{dataset}/images")),
     log:
         results("logs/generate_shapes/{dataset}.log"),
+    benchmark:
+        results("benchmarks/generate_shapes/{dataset}.tsv")
     conda:
         "../envs/data.yaml"
+    # images are drawn in parallel, each from its own seed: the files do not depend on the threads
+    threads: 2
     params:
         generator=lambda wildcards: json.dumps(
             dataset_cfg(wildcards)["generator"], sort_keys=True
@@ -18,7 +22,7 @@ rule generate_shapes:
         out_dir=lambda wildcards, output: os.path.dirname(output.refs),
     shell:
         "python -m workflow_scripts.generate_shapes --params {params.generator:q}"
-        " --out-dir {params.out_dir:q} > {log} 2>&1"
+        " --out-dir {params.out_dir:q} --threads {threads} > {log} 2>&1"
 
 
 # Vocabulary of the training split: <pad> <go> <eos> <unk>, then words by frequency.

@@ -33,9 +33,11 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import multiprocessing
 import pickle
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,16 +237,31 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return field_ + rng.normal(0, 8, size=(h, w, 3))
 
 
+def _roughly_visible(fulls: list[np.ndarray]) -> bool:
+    """The visibility rule of ``_assign_visibility`` on the decoded full outlines ``(h, w) bool`` (back to
+    front): a cheap test that turns most crowded placements down before the exact polygon geometry."""
+    covered = np.zeros_like(fulls[0])
+    for full in reversed(fulls):
+        area = int(full.sum())
+        if int((full & ~covered).sum()) < max(MIN_AREA, MIN_VISIBLE * area):
+            return False
+        covered |= full
+    return True
+
+
 def _place_shapes(rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float]) -> list[Shape]:
     """Draw ``n`` shapes in order (later ones in front); every shape keeps enough visible area."""
     shapes: list[Shape] = []
+    fulls: list[np.ndarray] = []
     for _ in range(n):
         for _attempt in range(30):
             category = CATEGORIES[rng.integers(len(CATEGORIES))]
             colour = list(COLOURS)[rng.integers(len(COLOURS))]
-            trial = shapes + [Shape(category, colour, _outline(rng, category, h, w, scale))]
-            if _assign_visibility(trial, h, w):
-                shapes = trial
+            shape = Shape(category, colour, _outline(rng, category, h, w, scale))
+            full = decode_polygons(shape.outline, h, w)
+            if _roughly_visible([*fulls, full]) and _assign_visibility([*shapes, shape], h, w):
+                shapes.append(shape)
+                fulls.append(full)
                 break
     _assign_visibility(shapes, h, w)
     return shapes
@@ -509,20 +526,27 @@ def _annotations(scene: Scene, image_id: int, ids: _Ids) -> list[dict]:
     return out
 
 
-def _refs(rng, scene: Scene, targets, gray: bool, location_ok: bool, split: str, image_id: int, ann_ids, ids: _Ids):
-    """Refs of about 3/4 of the targets (at least one), each with 1-4 distinct expressions of spread lengths."""
+def _expressions(rng, scene: Scene, targets, gray: bool, location_ok: bool) -> list[tuple[int, list[str]]]:
+    """``[(shape index, raw expressions)]`` for about 3/4 of the targets (at least one), each with 1-4
+    distinct expressions of spread lengths, as an annotator typed them (``_raw``)."""
     keep = [t for t in targets if rng.random() < 0.75] or [targets[rng.integers(len(targets))]]
     used: set[str] = set()
-    refs = []
+    out = []
     for i, d in keep:
         variants = _variants(i, d, scene.shapes, scene.height, scene.width, not gray, location_ok)
         texts = [v for v in _pick(rng, variants, int(rng.integers(1, 5))) if v not in used]
-        if not texts:
-            continue
-        used.update(texts)
+        if texts:
+            used.update(texts)
+            out.append((i, [_raw(rng, text) for text in texts]))
+    return out
+
+
+def _refs(expressions, scene: Scene, split: str, image_id: int, ann_ids: list[int], ids: _Ids) -> list[dict]:
+    """The refer toolkit's refs of one image's ``_expressions`` (ids from ``ids``)."""
+    refs = []
+    for i, raws in expressions:
         sentences = []
-        for text in texts:
-            raw = _raw(rng, text)
+        for raw in raws:
             tokens = tokenize(raw)
             sentences.append({"tokens": tokens, "raw": raw, "sent_id": ids.next("sent"), "sent": " ".join(tokens)})
         refs.append(
@@ -540,9 +564,34 @@ def _refs(rng, scene: Scene, targets, gray: bool, location_ok: bool, split: str,
     return refs
 
 
+@dataclass
+class _ImageJob:
+    """What ``_draw_image`` needs to draw one image on its own (in a worker process)."""
+
+    params: dict
+    split: str
+    index: int  # within the split
+    file: Path
+
+
+def _draw_image(job: _ImageJob) -> tuple[Scene, list[tuple[int, list[str]]]]:
+    """Draw, render and save one image from its own RNG, seeded by ``(seed, split, index)``: the dataset
+    does not depend on how many processes draw it. Returns the scene and its ``_expressions``."""
+    params = job.params
+    rng = np.random.default_rng([int(params["seed"]), SPLITS.index(job.split), job.index])
+    location_ok = bool(params["location_words"])
+    objects, scale = _check_params(params)
+    scene, gray, targets = _draw_scene(rng, job.split, params, objects, scale, location_ok)
+    pil = Image.fromarray(_render(rng, scene))
+    (pil.convert("L") if gray else pil).save(job.file, quality=90)
+    return scene, _expressions(rng, scene, targets, gray, location_ok)
+
+
 def _write_dataset(tmp: Path, images: list[dict], annotations: list[dict], refs: list[dict]) -> None:
     with open(tmp / "refs(unc).p", "wb") as f:
-        pickle.dump(refs, f, protocol=2)
+        # through JSON first: fresh objects, so that the pickle's bytes (its memo of shared objects)
+        # depend on the content only, not on which process made which string
+        pickle.dump(json.loads(json.dumps(refs)), f, protocol=2)
     categories = [
         {"id": k + 1, "name": c, "supercategory": "round" if c in GROUP_A else "angular"}
         for k, c in enumerate(CATEGORIES)
@@ -551,44 +600,42 @@ def _write_dataset(tmp: Path, images: list[dict], annotations: list[dict], refs:
     (tmp / "instances.json").write_text(json.dumps(instances, separators=(",", ":")))
 
 
-def generate(params: dict, out_dir: str | Path) -> dict:
+def generate(params: dict, out_dir: str | Path, workers: int = 1) -> dict:
     """Write the dataset described by ``params`` (config ``generator:``) to ``out_dir``, atomically.
 
     ``params``: ``seed, location_words, images {split: n}, min_side, max_side,
     grayscale_fraction`` and optionally ``objects [min, max]`` per image (default ``[2, 6]``) and
     ``object_scale [min, max]``, the shape radius as a share of the image's short side (default
-    ``[0.12, 0.28]``). The dataset is built in a temporary sibling directory that replaces
-    ``out_dir`` at the end. Returns counts: ``{split: {"images", "refs", "expressions"}}`` and
-    ``buckets`` (share of expressions per length bucket 1-2/3/4-5/6-20).
+    ``[0.12, 0.28]``). Images are drawn by ``workers`` processes, each from its own seed, so the
+    files are the same for any ``workers``. The dataset is built in a temporary sibling directory
+    that replaces ``out_dir`` at the end. Returns counts: ``{split: {"images", "refs", "expressions"}}``
+    and ``buckets`` (share of expressions per length bucket 1-2/3/4-5/6-20).
     """
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(int(params["seed"]))
-    location_ok = bool(params["location_words"])
-    objects, scale = _check_params(params)
+    _check_params(params)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / "images").mkdir()
+        order = [(split, k) for split in SPLITS for k in range(int(params["images"].get(split, 0)))]
+        jobs = [
+            _ImageJob(params, split, k, tmp / "images" / coco_file_name(image_id))
+            for image_id, (split, k) in enumerate(order, start=1)
+        ]
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                drawn = list(pool.map(_draw_image, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+        else:
+            drawn = [_draw_image(job) for job in jobs]
         images, annotations, refs, ids, summary = [], [], [], _Ids(), {}
+        for job, (scene, expressions) in zip(jobs, drawn, strict=True):
+            image_id = ids.next("image")
+            images.append({"id": image_id, "file_name": job.file.name, "height": scene.height, "width": scene.width})
+            anns = _annotations(scene, image_id, ids)
+            annotations += anns
+            refs += _refs(expressions, scene, job.split, image_id, [a["id"] for a in anns], ids)
         for split in SPLITS:
-            n_refs = len(refs)
-            for _ in range(int(params["images"].get(split, 0))):
-                scene, gray, targets = _draw_scene(rng, split, params, objects, scale, location_ok)
-                image_id = ids.next("image")
-                pil = Image.fromarray(_render(rng, scene))
-                (pil.convert("L") if gray else pil).save(tmp / "images" / coco_file_name(image_id), quality=90)
-                images.append(
-                    {
-                        "id": image_id,
-                        "file_name": coco_file_name(image_id),
-                        "height": scene.height,
-                        "width": scene.width,
-                    }
-                )
-                anns = _annotations(scene, image_id, ids)
-                annotations += anns
-                refs += _refs(rng, scene, targets, gray, location_ok, split, image_id, [a["id"] for a in anns], ids)
-            split_refs = refs[n_refs:]
+            split_refs = [r for r in refs if r["split"] == split]
             summary[split] = {
                 "images": int(params["images"].get(split, 0)),
                 "refs": len(split_refs),
