@@ -1,17 +1,27 @@
-"""Dense pretraining of the demo's ``tiny`` trunk (rule ``pretrain_backbone``).
+"""Pretraining a trunk inside the pipeline (rule ``pretrain_backbone``), where no weights can be downloaded.
 
 The paper never trains its trunk: it freezes an ImageNet (R) or a semantic-segmentation (D, DeepLab)
-ResNet-101. The demo has no weights to download, so it makes its own the way DeepLab's trunk was
-made: semantic segmentation of the training images. Per pixel, two labels are learned from the COCO
-instance annotations of the TRAINING-split images only (images a train ref points to; no val/test
-image and no referring expression is read): the object's category (``category_id``, 0 = background)
-and its colour (``attributes.colour``, 0 = background). Crowd regions and, on grey images, the colour
-are ignored. Two 1x1-conv heads on the trunk output ``(U, C, S/8, S/8)`` are trained with
-cross-entropy against the labels at the cell grid (``label[8i, 8j]``, as the referring target is
-sampled; Adam, random flips and quarter turns: neither changes a shape's category or colour; bf16
-autocast where the hardware has it natively, ``rmi.device.autocast``); the heads are dropped and the trunk's
-``state_dict`` is written, which ``build_backbone("tiny", ..., weights_path=...)`` loads through the
-same code path as the R/D weights.
+ResNet-101. Without those weights (the embedded demo, a GPU machine without network) the pipeline
+makes its own the way each was made, on the TRAINING images of the generated sets only (images a
+train ref points to; no val/test image and no referring expression is read), from their COCO instance
+annotations:
+
+* ``dense`` (D, the DeepLab analogue; also the demo's ``tiny``): per pixel, the object's category
+  (``category_id``, 0 = background) and colour (``attributes.colour``, 0 = background), cross-entropy
+  of two 1x1-conv heads on the trunk output ``(B, C, S/8, S/8)`` against the labels at the cell grid
+  (``label[8i, 8j]``, as the referring target is sampled). Crowd regions and, on grey images, the
+  colour are ignored.
+* ``classify`` (R, the ImageNet analogue): which categories and colours appear in the image
+  (multi-label), binary cross-entropy of the first ``K`` outputs of the ResNet's ``fc`` (2048 ->
+  1000) on the average-pooled trunk output. The other ``1000 - K`` outputs keep their random
+  initialisation; the whole ``fc`` becomes R's trainable visual projection, as ImageNet's fc1000 does.
+
+Both train with Adam (polynomial decay), random flips and quarter turns (neither changes a shape's
+category or colour), bf16 autocast where the hardware has it natively (``rmi.device.autocast``). The
+heads are dropped and the trunk's weights are written in the layout ``build_backbone`` reads through
+the same code path as torchvision's (``tiny``: ``TinyBody``'s state_dict; ``resnet101``: a whole
+torchvision ResNet-101 state_dict, ``fc`` included; ``deeplab101``: the trunk under ``backbone.``, as
+in DeepLabV3-ResNet101).
 """
 
 from __future__ import annotations
@@ -30,55 +40,83 @@ from rmi.data.cache import load_image
 from rmi.data.refer import ImageObjects, split_images
 from rmi.data.transforms import cell_grid, resize_and_pad_image, resize_and_pad_mask
 from rmi.device import native_bf16, select_device
+from rmi.errors import InputError
 from rmi.fileio import atomic_path
-from rmi.models.backbones import IMAGENET_MEAN, IMAGENET_STD, tiny_body
+from rmi.models.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESNET_CHANNELS,
+    TINY_WIDTHS,
+    dilated_resnet101,
+    resnet_trunk,
+    tiny_body,
+)
 
 log = logging.getLogger(__name__)
 IGNORE = 255
+#: the pretraining task of each backbone
+TASKS = {"tiny": "dense", "deeplab101": "dense", "resnet101": "classify"}
 
 
 @dataclass
-class DenseSet:
-    """Training images and their per-pixel labels, resized and padded to S x S.
+class LabelledSet:
+    """Training images and their labels, resized and padded to S x S.
 
-    ``images (N, S, S, 3) uint8``, ``category (N, S, S) uint8`` (0 background, ``IGNORE``),
-    ``colour (N, S, S) uint8`` (0 background, 1.. = ``colours`` order, ``IGNORE``).
+    ``images (N, S, S, 3) uint8``; per pixel ``category (N, S, S) uint8`` (0 background, ``IGNORE``)
+    and ``colour (N, S, S) uint8`` (0 background, 1.. = ``colours`` order, ``IGNORE``); per image
+    ``present (N, n_categories + len(colours)) float32``: 1 where a category (``category_id - 1``) or a
+    colour (after the categories) appears in the image, ``-1`` for every colour of a grey image
+    (unknown: not learned).
     """
 
     images: np.ndarray
     category: np.ndarray
     colour: np.ndarray
+    present: np.ndarray
     colours: list[str]
 
     @property
     def n_categories(self) -> int:
+        """Category labels including background (0)."""
         return int(self.category[self.category != IGNORE].max()) + 1
 
 
-def _labels(item: ImageObjects, size: int, colours: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's padded RGB and its category/colour label maps (later annotations paint over earlier)."""
+def _labels(item: ImageObjects, size: int, colours: list[str], n_categories: int):
+    """One image's padded RGB, its category/colour label maps (later annotations paint over earlier)
+    and its image-level labels (see ``LabelledSet.present``)."""
     image = load_image(item.image_path)
     grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
     category = np.zeros((size, size), np.uint8)
     colour = np.zeros((size, size), np.uint8)
+    present = np.zeros(n_categories + len(colours), np.float32)
     for category_id, attributes, mask_source, crowd in item.objects:
         mask = resize_and_pad_mask(mask_source.decode(), size)
         name = attributes.get("colour")
+        known = not (crowd or grey or name not in colours)
         category[mask] = IGNORE if crowd else category_id
-        colour[mask] = IGNORE if crowd or grey or name not in colours else colours.index(name) + 1
-    return resize_and_pad_image(image, size), category, colour
+        colour[mask] = colours.index(name) + 1 if known else IGNORE
+        if not crowd:
+            present[category_id - 1] = 1
+        if known:
+            present[n_categories + colours.index(name)] = 1
+    if grey:
+        present[n_categories:] = -1
+    return resize_and_pad_image(image, size), category, colour, present
 
 
-def load_dense_set(sources: list[dict], size: int) -> DenseSet:
+def load_labelled_set(sources: list[dict], size: int) -> LabelledSet:
     """The training images of every refer-layout source ``{"refer_dir", "split_by", "image_dir", "split"}``."""
     items = [
         item
         for src in sources
         for item in split_images(src["refer_dir"], src["split_by"], src["image_dir"], src["split"])
     ]
-    colours = sorted({a["colour"] for item in items for _, a, _, crowd in item.objects if "colour" in a and not crowd})
-    images, category, colour = zip(*(_labels(item, size, colours) for item in tqdm(items, disable=None)), strict=True)
-    return DenseSet(np.stack(images), np.stack(category), np.stack(colour), colours)
+    objects = [obj for item in items for obj in item.objects if not obj[3]]
+    colours = sorted({a["colour"] for _, a, _, _ in objects if "colour" in a})
+    n_categories = max(c for c, *_ in objects)
+    rows = [_labels(item, size, colours, n_categories) for item in tqdm(items, disable=None)]
+    images, category, colour, present = (np.stack(a) for a in zip(*rows, strict=True))
+    return LabelledSet(images, category, colour, present, colours)
 
 
 def dihedral(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
@@ -88,88 +126,148 @@ def dihedral(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
     return [a[:, :, ::-1] for a in out] if k >= 4 else out
 
 
-class DenseHeads(nn.Module):
-    """``tiny_body`` + 1x1-conv category and colour heads on its ``(B, C, S/8, S/8)`` output."""
+class Pretrainer(nn.Module):
+    """A trunk body and the heads of its pretraining task; ``loss(images, targets)`` is the task's loss.
 
-    def __init__(self, widths: tuple[int, int, int], n_categories: int, n_colours: int):
+    ``body``: ``(B, 3, S, S)`` normalised float -> ``(B, C, S/8, S/8)``. ``dense``: 1x1-conv category and
+    colour heads; ``classify``: ``fc`` (``C -> 1000``, the ResNet's own) on the average-pooled output.
+    """
+
+    def __init__(self, body: nn.Module, channels: int, task: str, n_categories: int, n_colours: int, fc=None):
         super().__init__()
-        self.body = tiny_body(widths)
-        self.category = nn.Conv2d(widths[-1], n_categories, 1)
-        self.colour = nn.Conv2d(widths[-1], n_colours + 1, 1)
+        self.body, self.task = body, task
+        if task == "dense":
+            self.category = nn.Conv2d(channels, n_categories, 1)
+            self.colour = nn.Conv2d(channels, n_colours + 1, 1)
+        else:
+            self.fc = fc
+            self.n_labels = n_categories - 1 + n_colours
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 3, S, S) uint8`` -> category ``(B, K, S/8, S/8)`` and colour ``(B, C + 1, S/8, S/8)`` logits."""
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(B, 3, S, S) uint8`` -> dense: category ``(B, K, S/8, S/8)`` and colour ``(B, C + 1, S/8, S/8)``
+        logits; classify: ``(B, n_labels)`` logits of the image-level labels."""
         features = self.body((images.float() / 255 - self.mean) / self.std)
-        return self.category(features), self.colour(features)
+        if self.task == "dense":
+            return self.category(features), self.colour(features)
+        return (self.fc(features.mean((2, 3)))[:, : self.n_labels],)
+
+    def loss(self, logits: tuple[torch.Tensor, ...], targets: list[torch.Tensor]) -> torch.Tensor:
+        """The task's loss (dense: summed cross-entropies, ``IGNORE`` left out; classify: binary
+        cross-entropy over the known labels) in float32."""
+        if self.task == "dense":
+            return sum(
+                F.cross_entropy(lg.float(), tg, ignore_index=IGNORE) for lg, tg in zip(logits, targets, strict=True)
+            )
+        (present,) = targets
+        known = present >= 0
+        return F.binary_cross_entropy_with_logits(logits[0].float()[known], present[known])
+
+    def correct(self, logits: tuple[torch.Tensor, ...], targets: list[torch.Tensor]) -> tuple[int, int]:
+        """``(right, labelled)``: argmax right on labelled pixels (dense) or sign right on known labels."""
+        if self.task == "dense":
+            keep = [tg != IGNORE for tg in targets]
+            right = sum(int((lg.argmax(1)[k] == tg[k]).sum()) for lg, tg, k in zip(logits, targets, keep, strict=True))
+            return right, sum(int(k.sum()) for k in keep)
+        (present,) = targets
+        known = present >= 0
+        return int(((logits[0] > 0).float()[known] == present[known]).sum()), int(known.sum())
+
+    def trunk_state(self, backbone: str) -> dict[str, torch.Tensor]:
+        """The trunk's weights as ``build_backbone(backbone, ...)`` loads them (heads dropped)."""
+        body = {k: v.detach().cpu() for k, v in self.body.state_dict().items()}
+        if backbone == "deeplab101":
+            return {f"backbone.{k}": v for k, v in body.items()}
+        if backbone == "resnet101":
+            return {**body, **{f"fc.{k}": v.detach().cpu() for k, v in self.fc.state_dict().items()}}
+        return body
+
+
+def build_pretrainer(backbone: str, widths, n_categories: int, n_colours: int) -> Pretrainer:
+    """The ``Pretrainer`` of ``backbone`` (``tiny`` with stage ``widths``, ``resnet101``, ``deeplab101``),
+    randomly initialised as ``build_backbone`` builds its trunk."""
+    if backbone == "tiny":
+        widths = tuple(widths or TINY_WIDTHS)
+        return Pretrainer(tiny_body(widths), widths[-1], "dense", n_categories, n_colours)
+    if backbone not in TASKS:
+        raise InputError(f"backbones.{backbone}", f"no pretraining for this backbone ({', '.join(TASKS)})")
+    net = dilated_resnet101()
+    return Pretrainer(resnet_trunk(net), RESNET_CHANNELS, TASKS[backbone], n_categories, n_colours, fc=net.fc)
+
+
+def _targets(model: Pretrainer, arrays: list[np.ndarray], present: np.ndarray, dev) -> list[torch.Tensor]:
+    if model.task == "classify":
+        return [torch.from_numpy(present).to(dev)]
+    return [torch.from_numpy(np.ascontiguousarray(cell_grid(a))).long().to(dev) for a in arrays[1:]]
 
 
 def pretrain_trunk(
+    backbone: str,
     sources: list[dict],
     out: str | Path,
-    widths: tuple[int, int, int],
     image_size: int,
     steps: int,
     batch_size: int,
     lr: float,
+    widths=None,
     seed: int = 0,
     threads: int = 1,
     device: str | None = None,
 ) -> dict:
-    """Train ``tiny_body(widths)`` for dense labels of the sources' training images (``load_dense_set``);
-    write its ``state_dict`` to ``out``.
+    """Pretrain ``backbone``'s trunk for its task (``TASKS``) on the sources' training images
+    (``load_labelled_set``); write its weights to ``out`` (see the module doc).
 
-    Returns ``{"images", "categories", "colours", "loss_start", "loss_end", "pixel_accuracy"}`` (accuracy of
-    both heads on the labelled pixels of the last 5% of the steps' batches).
+    Returns ``{"task", "images", "categories", "colours", "loss_start", "loss_end", "accuracy"}``
+    (accuracy of the heads on the labelled pixels, or labels, of the last 5% of the steps' batches).
     """
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
-    data = load_dense_set(sources, image_size)
+    data = load_labelled_set(sources, image_size)
+    model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours))
     log.info(
-        "pretraining tiny%s on %d training images: %d categories, colours %s",
-        list(widths),
+        "pretraining %s (%s) on %d training images: %d categories, colours %s",
+        backbone,
+        model.task,
         len(data.images),
         data.n_categories - 1,
         data.colours,
     )
-    model = DenseHeads(tuple(widths), data.n_categories, len(data.colours))
     model = model.to(dev, memory_format=torch.channels_last).train()  # faster convolutions on CPU and GPU
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, steps) / steps) ** 0.9)
     rng = np.random.default_rng(seed)
-    losses, correct, labelled = [], 0, 0
+    losses, right, labelled = [], 0, 0
     for step in tqdm(range(steps), disable=None, mininterval=5):
         idx = rng.choice(len(data.images), size=min(batch_size, len(data.images)), replace=False)
         arrays = dihedral([a[idx] for a in (data.images, data.category, data.colour)], int(rng.integers(8)))
         images = torch.from_numpy(np.ascontiguousarray(arrays[0])).permute(0, 3, 1, 2).to(dev)  # channels-last
-        targets = [torch.from_numpy(np.ascontiguousarray(cell_grid(a))).long().to(dev) for a in arrays[1:]]
+        targets = _targets(model, arrays, data.present[idx], dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=native_bf16(dev)):
             logits = model(images)
-        loss = sum(F.cross_entropy(lg.float(), tg, ignore_index=IGNORE) for lg, tg in zip(logits, targets, strict=True))
+        loss = model.loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
         if step >= steps * 0.95:
-            for lg, tg in zip(logits, targets, strict=True):
-                keep = tg != IGNORE
-                correct += int((lg.argmax(1)[keep] == tg[keep]).sum())
-                labelled += int(keep.sum())
+            r, n = model.correct(logits, targets)
+            right, labelled = right + r, labelled + n
         if (step + 1) % max(1, steps // 10) == 0:
             log.info("step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-max(1, steps // 10) :]))
     with atomic_path(out) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.body.state_dict().items()}, tmp)
+        torch.save(model.trunk_state(backbone), tmp)
     window = max(1, steps // 20)
     summary = {
+        "task": model.task,
         "images": len(data.images),
         "categories": data.n_categories - 1,
         "colours": data.colours,
         "loss_start": round(float(np.mean(losses[:window])), 4),
         "loss_end": round(float(np.mean(losses[-window:])), 4),
-        "pixel_accuracy": round(correct / max(1, labelled), 4),
+        "accuracy": round(right / max(1, labelled), 4),
     }
-    log.info("pretrained trunk -> %s: %s", out, summary)
+    log.info("pretrained %s trunk -> %s: %s", backbone, out, summary)
     return summary

@@ -76,11 +76,6 @@ def _check_config():
         raise ValueError(
             "config: train.length_buckets and train.group_by_image exclude each other"
         )
-    for name, bb in config["backbones"].items():
-        if bb["pretrain"] and name != "tiny":
-            raise ValueError(
-                f"config: backbones.{name}.pretrain: only the tiny trunk is pretrained by the pipeline"
-            )
     for table, spec in config["tables"]["length"].items():
         ds = config["datasets"].get(spec["dataset"])
         if ds is None or spec["split"] not in ds["eval_splits"]:
@@ -152,7 +147,7 @@ def backbone_cfg(wildcards):
 
 def weights_input(wildcards):
     """Pretrained weights of a backbone: its weights_path, else written by rule pretrain_backbone (a
-    backbone with a `pretrain` block: the demo's tiny) or fetched by rule fetch_weights (R, D).
+    backbone with a `pretrain` block) or fetched by rule fetch_weights (R, D: torchvision's).
     """
     bb = backbone_cfg(wildcards)
     if not bb["pretrained"]:

@@ -1,10 +1,11 @@
 # Training stage: optional trunk-feature cache, then one model per (dataset, backbone, fusion).
 
 
-# Dense pretraining of the demo's tiny trunk (semantic segmentation: shape category and colour
-# per pixel) on the TRAINING images of every generated dataset, once per backbone; train then loads
-# it frozen, as the paper freezes its ImageNet / DeepLab trunk. Reads no val/test image and no
-# referring expression.
+# Pretraining of a trunk on the TRAINING images of every generated dataset, once per backbone, where
+# no weights can be downloaded: dense labels (shape category and colour per pixel) for tiny and
+# deeplab101 (D, as DeepLab's trunk was made), image-level labels (which categories and colours
+# appear) for resnet101 (R, as ImageNet's was). train then loads it frozen, as the paper freezes its
+# trunks. Reads no val/test image and no referring expression.
 rule pretrain_backbone:
     input:
         pretrain_inputs,
@@ -23,14 +24,15 @@ rule pretrain_backbone:
         runtime=120,
     params:
         sources=json.dumps(pretrain_sources(), sort_keys=True),
-        widths=lambda wildcards: json.dumps(backbone_cfg(wildcards)["widths"]),
+        widths=lambda wildcards: json.dumps(backbone_cfg(wildcards).get("widths")),
         pretrain=lambda wildcards: json.dumps(
             backbone_cfg(wildcards)["pretrain"], sort_keys=True
         ),
         image_size=config["image_size"],
         seed=config["seed"],
     shell:
-        "python -m workflow_scripts.pretrain_backbone --sources {params.sources:q} --widths {params.widths:q}"
+        "python -m workflow_scripts.pretrain_backbone --backbone {wildcards.backbone}"
+        " --sources {params.sources:q} --widths {params.widths:q}"
         " --image-size {params.image_size} --params {params.pretrain:q} --seed {params.seed}"
         " --threads {threads} --out {output} > {log} 2>&1"
 

@@ -1,4 +1,5 @@
-"""Dense pretraining of the demo's tiny trunk: training images only, loss falls, weights load as R/D do."""
+"""Pretraining trunks in the pipeline (tiny and D: dense labels; R: image-level labels): training images only,
+loss falls, the weights load through build_backbone as torchvision's do."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rmi.data.refer import coco_file_name
 from rmi.data.shapes import generate
 from rmi.errors import InputError
 from rmi.models.backbones import build_backbone
-from rmi.pretrain import load_dense_set, pretrain_trunk
+from rmi.pretrain import load_labelled_set, pretrain_trunk
 
 WIDTHS = (8, 8, 16)
 
@@ -33,32 +34,44 @@ def source(root, split="train"):
     return {"refer_dir": str(root), "split_by": "unc", "image_dir": str(root / "images"), "split": split}
 
 
-def test_reads_training_images_only(generated, tmp_path):
-    """Every val/test image is made unreadable: pretraining still works, so it never opened one."""
-    root, splits = generated
-    work = tmp_path / "copy"
-    work.mkdir()
-    (work / "images").mkdir()
+def unreadable_eval_images(root, splits, work):
+    """A copy of the generated set whose val/test images are empty files (any read of one fails)."""
+    (work / "images").mkdir(parents=True)
     for name in ("refs(unc).p", "instances.json"):
         (work / name).write_bytes((root / name).read_bytes())
     for image_id in set().union(*splits.values()):
         data = (root / "images" / coco_file_name(image_id)).read_bytes()
         (work / "images" / coco_file_name(image_id)).write_bytes(data if image_id in splits["train"] else b"")
-    data = load_dense_set([source(work)], 32)
+    return work
+
+
+def test_reads_training_images_only(generated, tmp_path):
+    """Every val/test image is made unreadable: loading still works, so it never opened one."""
+    root, splits = generated
+    work = unreadable_eval_images(root, splits, tmp_path / "copy")
+    data = load_labelled_set([source(work)], 32)
     assert len(data.images) == len(splits["train"])
     assert data.n_categories == 8 and len(data.colours) == 8
     labelled = data.category[(data.category > 0) & (data.category < 255)]
     assert len(np.unique(labelled)) == 7  # every shape category occurs
+    # image-level labels: the categories painted on the image, its colours unknown (-1) on grey images
+    for k in range(len(data.images)):
+        painted = set(np.unique(data.category[k])) - {0, 255}
+        assert {c + 1 for c in np.flatnonzero(data.present[k, :7] == 1)} >= painted
+        grey = (data.images[k][..., 0] == data.images[k][..., 1]).all()
+        assert (data.present[k, 7:] == -1).all() == grey
     with pytest.raises(InputError, match="corrupt or truncated image"):  # a val image would have failed
-        load_dense_set([source(work, "val")], 32)
+        load_labelled_set([source(work, "val")], 32)
 
 
-def test_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path):
+def test_tiny_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path):
     root, _ = generated
     torch.set_num_threads(2)
     out = tmp_path / "tiny.pth"
-    summary = pretrain_trunk([source(root)], out, WIDTHS, image_size=48, steps=120, batch_size=8, lr=3e-3, threads=2)
-    assert summary["loss_end"] < 0.6 * summary["loss_start"], summary
+    summary = pretrain_trunk(
+        "tiny", [source(root)], out, image_size=48, steps=120, batch_size=8, lr=3e-3, widths=WIDTHS, threads=2
+    )
+    assert summary["task"] == "dense" and summary["loss_end"] < 0.6 * summary["loss_start"], summary
     state = torch.load(out, weights_only=True)
     cfg = {"pretrained": True, "freeze_trunk": True, "weights_path": None, "widths": list(WIDTHS)}
     trunk, _ = build_backbone("tiny", 16, cfg, str(out))
@@ -68,3 +81,57 @@ def test_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path):
         build_backbone("tiny", 16, {**cfg, "widths": [8, 8, 32]}, str(out))
     with pytest.raises(InputError, match="give weights_path"):
         build_backbone("tiny", 16, cfg)
+
+
+@pytest.mark.parametrize("backbone", ["resnet101", "deeplab101"])
+def test_resnet_pretraining_reads_training_images_only_and_loads_as_r_and_d(generated, tmp_path, backbone):
+    """R (image-level labels on the pooled trunk) and D (dense labels) from unreadable val/test images:
+    the weights load through build_backbone, R's fc as the visual projection."""
+    root, splits = generated
+    work = unreadable_eval_images(root, splits, tmp_path / "copy")
+    torch.set_num_threads(2)
+    out = tmp_path / f"{backbone}.pth"
+    summary = pretrain_trunk(backbone, [source(work)], out, image_size=32, steps=2, batch_size=2, lr=1e-3, threads=2)
+    assert summary["task"] == {"resnet101": "classify", "deeplab101": "dense"}[backbone]
+    assert summary["images"] == len(splits["train"]) and np.isfinite(summary["loss_end"])
+    state = torch.load(out, weights_only=True)
+    cfg = {"pretrained": True, "freeze_trunk": True, "weights_path": None}
+    trunk, projection = build_backbone(backbone, 1000, cfg, str(out))
+    prefix = "backbone." if backbone == "deeplab101" else ""
+    assert all(torch.equal(v, state[prefix + k]) for k, v in trunk.body.state_dict().items())
+    if backbone == "resnet101":
+        assert torch.equal(projection.weight[:, :, 0, 0], state["fc.weight"])
+    with torch.no_grad():
+        assert trunk(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape == (1, 2048, 4, 4)
+
+
+def test_classification_pretraining_learns(generated, tmp_path):
+    """The image-level task on a small trunk body: the loss falls (``build_pretrainer`` gives R a ResNet-101;
+    the task is the same on any body)."""
+    from rmi.models.backbones import tiny_body
+    from rmi.pretrain import Pretrainer, dihedral
+
+    root, _ = generated
+    torch.manual_seed(0)
+    data = load_labelled_set([source(root)], 48)
+    model = Pretrainer(
+        tiny_body(WIDTHS),
+        WIDTHS[-1],
+        "classify",
+        data.n_categories,
+        len(data.colours),
+        fc=torch.nn.Linear(WIDTHS[-1], 1000),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(150):
+        idx = rng.choice(len(data.images), size=8, replace=False)
+        (images,) = dihedral([data.images[idx]], int(rng.integers(8)))
+        logits = model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+        loss = model.loss(logits, [torch.from_numpy(data.present[idx])])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), (losses[:5], losses[-5:])
