@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 #: batch keys the model's ``forward`` takes (see ``rmi.data.dataset``)
 MODEL_INPUT_KEYS = ("tokens", "image_of", "images", "trunk_features")
+#: batch keys the training loss takes besides the logits (``row_mask``: lockstep batches only, ``rmi.lockstep``)
+LOSS_INPUT_KEYS = ("target", "row_mask")
 
 
 def select_device(preferred: str | None = None) -> torch.device:
@@ -26,9 +28,9 @@ def select_device(preferred: str | None = None) -> torch.device:
     return device
 
 
-def model_inputs(batch: dict, device: torch.device) -> dict:
-    """Move a batch's model inputs to ``device`` (non-blocking from pinned memory)."""
-    return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUT_KEYS if k in batch}
+def model_inputs(batch: dict, device: torch.device, keys: tuple[str, ...] = MODEL_INPUT_KEYS) -> dict:
+    """Move a batch's model inputs (or the other ``keys`` it has) to ``device`` (non-blocking from pinned memory)."""
+    return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
 
 
 def native_bf16(device: torch.device) -> bool:

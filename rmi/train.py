@@ -20,6 +20,9 @@ with other hyperparameters is ignored. The batch order is a pure function of (se
 Preemption: SLURM's ``--signal=TERM@...`` signals every process of the job, DataLoader workers
 included. Workers ignore SIGTERM and SIGINT (``_ignore_stop_signals``); the main process finishes
 its step, checkpoints, shuts the workers down and exits with ``PREEMPTED_EXIT_CODE``.
+
+``rmi.lockstep`` (K trainings in one process) builds, checkpoints and loops with the same functions
+(``build``, ``make_optimizer``, ``make_sampler``, ``make_loader``, ``Checkpoint``, ``train_loop``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import io
 import json
 import logging
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -66,20 +71,13 @@ def hparams_digest(hparams: dict) -> str:
     return hashlib.sha1(json.dumps(hparams, sort_keys=True).encode()).hexdigest()
 
 
-@dataclass
-class TrainJob:
-    """One training run: inputs, outputs and settings (see ``workflow_scripts/train.py``)."""
+@dataclass(kw_only=True)
+class RunSettings:
+    """How a training process runs, not what it learns: checkpoints, threads, device, loader, logging."""
 
-    cache: Path
-    vocab: Path
-    hparams: dict
-    out_model: Path
-    out_log: Path
     checkpoint_dir: Path
     checkpoint_every: int = 0  # 0: only on SIGTERM (rule train passes the config's train.checkpoint_every)
     threads: int = 1
-    weights_path: str | None = None
-    features: Path | None = None
     device: str | None = None
     workers: int | None = None  # DataLoader worker processes; None: ``threads`` on CUDA, 0 on CPU
     log_every: int = 0  # 0: about 200 rows per run
@@ -87,66 +85,152 @@ class TrainJob:
     _stop_requested: bool = field(default=False, repr=False)
 
 
-def _build(job: TrainJob, vocab: Vocab, device: torch.device):
+@dataclass
+class TrainSpec:
+    """What one training reads, learns with and writes (``hparams``: see ``workflow_scripts/train.py``)."""
+
+    cache: Path
+    vocab: Path
+    hparams: dict
+    out_model: Path
+    out_log: Path
+    weights_path: str | None = None
+    features: Path | None = None
+
+
+@dataclass
+class TrainJob(TrainSpec, RunSettings):
+    """One training run: a ``TrainSpec`` run with ``RunSettings`` (see ``workflow_scripts/train.py``)."""
+
+
+def start_process(job: RunSettings) -> torch.device:
+    """Thread count and deterministic algorithms of a training process; returns its device."""
+    torch.set_num_threads(max(1, job.threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return select_device(job.device)
+
+
+def open_data(spec: TrainSpec) -> tuple[Vocab, CacheReader]:
+    """The vocabulary and the training cache of ``spec``, checked against each other and the image size."""
+    vocab = Vocab.load(spec.vocab)
+    cache = CacheReader(spec.cache)
+    cache.check_compatible(vocab, spec.hparams["image_size"], f"{spec.vocab} and the config's image_size")
+    skipped = json.loads(cache.attrs["skipped"])
+    log.info("%s: %d expressions; skipped when cached, per reason: %s", spec.cache, len(cache), skipped or "none")
+    return vocab, cache
+
+
+def build(spec: TrainSpec, vocab: Vocab):
+    """The untrained model of ``spec`` on the CPU, built right after ``torch.manual_seed(seed)``: the same
+    initial weights whichever other models the process builds."""
     from rmi.models.segmenter import build_model
 
-    hp, tr = job.hparams, job.hparams["train"]
-    model = build_model(hp["backbone"], hp["fusion"], len(vocab), hp["model"], hp["backbone_cfg"], job.weights_path)
-    model.to(device)
+    hp = spec.hparams
+    torch.manual_seed(hp["seed"])
+    return build_model(hp["backbone"], hp["fusion"], len(vocab), hp["model"], hp["backbone_cfg"], spec.weights_path)
+
+
+def make_optimizer(model, tr: dict):
+    """Adam over ``model.param_groups`` and its polynomial learning-rate schedule (``tr``: config ``train:``)."""
     groups = model.param_groups(tr["lr"], tr["weight_decay"], tr["bias_lr_mult"])
     optimizer = torch.optim.Adam(groups, lr=tr["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: poly_lr_factor(s, tr["steps"], tr["lr"], tr["lr_end"], tr["lr_power"])
     )
-    return model, optimizer, scheduler
+    return optimizer, scheduler
 
 
-def _state_path(job: TrainJob) -> Path:
-    return Path(job.checkpoint_dir) / "state.pt"
+def make_sampler(cache: CacheReader, hp: dict, start: int) -> StepBatchSampler:
+    """The batches of ``cache`` from step ``start`` on, in the order ``hp`` (seed, ``train:``) fixes."""
+    tr = hp["train"]
+    lengths = cache.n_tokens if tr["length_buckets"] else None
+    return StepBatchSampler(cache.image_index, tr["batch_size"], hp["seed"], tr["group_by_image"], start, lengths)
 
 
-def _save_state(job, step, model, optimizer, scheduler, rows, elapsed, digest) -> None:
-    state = {
-        "digest": digest,
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "rows": rows,
-        "elapsed": elapsed,
-    }
-    with atomic_path(_state_path(job)) as tmp:
-        torch.save(state, tmp)
-    log.info("checkpoint at step %d -> %s", step, _state_path(job))
+def make_loader(dataset, sampler, collate_fn, job: RunSettings, device: torch.device) -> DataLoader:
+    """The DataLoader of a run: ``job.workers`` processes (default: ``job.threads`` on CUDA, 0 on CPU)."""
+    on_cuda = device.type == "cuda"
+    workers = job.workers if job.workers is not None else (job.threads if on_cuda else 0)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        worker_init_fn=_ignore_stop_signals if workers else None,
+        pin_memory=on_cuda,
+        persistent_workers=False,
+    )
 
 
-def _load_state(job, model, optimizer, scheduler, digest):
-    """Restore a compatible checkpoint; return ``(step, rows, elapsed)`` (0, [], 0.0 if none)."""
-    path = _state_path(job)
-    if not path.is_file():
-        return 0, [], 0.0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a checkpoint is written atomically, so this means tampering
-        raise InputError(
-            path, f"cannot read training checkpoint ({type(err).__name__}: {err}); delete it to restart"
-        ) from err
-    if state.get("digest") != digest:
-        log.warning("%s: made with other hyperparameters; starting from scratch", path)
-        return 0, [], 0.0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    log.info("resuming from step %d (%s)", state["step"], path)
-    return int(state["step"]), list(state["rows"]), float(state["elapsed"])
+def model_info(spec: TrainSpec, vocab: Vocab, cache: CacheReader) -> ModelInfo:
+    """What ``model.pt`` of a finished training says about itself."""
+    hp = spec.hparams
+    return ModelInfo(
+        backbone=hp["backbone"],
+        fusion=hp["fusion"],
+        model_cfg=hp["model"],
+        backbone_cfg=hp["backbone_cfg"],
+        vocab=vocab,
+        image_size=hp["image_size"],
+        max_tokens=cache.max_tokens,
+        hparams=hp,
+        steps=int(hp["train"]["steps"]),
+    )
 
 
-def _write_log(path: Path, rows: list[list]) -> None:
+@dataclass
+class Checkpoint:
+    """The resumable state of a run, written atomically to ``path``: model, optimizer, scheduler, RNG, step,
+    log rows, elapsed time. ``digest`` (of the hyperparameters) decides whether a checkpoint may be resumed."""
+
+    path: Path
+    digest: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def save(self, step: int, rows: list, elapsed: float) -> None:
+        """Write the state after ``step`` (``rows``: the log rows so far; ``elapsed``: seconds trained)."""
+        state = {
+            "digest": self.digest,
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rows": rows,
+            "elapsed": elapsed,
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+        log.info("checkpoint at step %d -> %s", step, self.path)
+
+    def load(self) -> tuple[int, list, float]:
+        """Restore a compatible checkpoint; return ``(step, rows, elapsed)`` (0, [], 0.0 if none)."""
+        if not self.path.is_file():
+            return 0, [], 0.0
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a checkpoint is written atomically, so this means tampering
+            raise InputError(
+                self.path, f"cannot read training checkpoint ({type(err).__name__}: {err}); delete it to restart"
+            ) from err
+        if state.get("digest") != self.digest:
+            log.warning("%s: made with other hyperparameters; starting from scratch", self.path)
+            return 0, [], 0.0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        log.info("resuming from step %d (%s)", state["step"], self.path)
+        return int(state["step"]), list(state["rows"]), float(state["elapsed"])
+
+
+def write_log(path: Path, rows: list[list]) -> None:
+    """``train_log.csv``: one ``step, loss, lr, time`` row per logged step."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["step", "loss", "lr", "time"])
@@ -161,18 +245,24 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _periodic_checkpoint(job: TrainJob, step: int, steps: int) -> bool:
+def _periodic_checkpoint(job: RunSettings, step: int, steps: int) -> bool:
     return bool(job.checkpoint_every) and step % job.checkpoint_every == 0 and step < steps
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+def loss_fn(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum", row_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sigmoid cross-entropy: ``(B, 1, h, w)`` logits vs ``(B, 1, h, w)`` {0, 1} target -> scalar.
 
     ``reduction="sum"``: the official loss, SUMMED over the cells and averaged over the batch;
     ``"mean"``: averaged over the cells too (makes weight decay ``h * w`` times stronger; kept for
-    the README's ablation).
+    the README's ablation). ``row_mask``: ``(B,)`` float, 1 for an expression, 0 for a padding row
+    (``rmi.lockstep`` pads a training's short batch to the group's): padding rows add nothing and
+    the batch average is over the real rows.
     """
-    loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / logits.shape[0]
+    weight = None if row_mask is None else row_mask.view(-1, 1, 1, 1)
+    rows = logits.shape[0] if row_mask is None else row_mask.sum()
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight, reduction="sum") / rows
     if reduction == "mean":
         return loss / logits[0].numel()
     if reduction != "sum":
@@ -180,43 +270,33 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") 
     return loss
 
 
-def run(job: TrainJob) -> Path:
-    """Train to ``hparams.train.steps`` (resuming if possible); write ``model.pt`` and the log."""
-    hp, tr = job.hparams, job.hparams["train"]
-    torch.manual_seed(hp["seed"])
-    torch.set_num_threads(max(1, job.threads))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    device = select_device(job.device)
-    on_cuda = device.type == "cuda"
+def _rounded(loss: torch.Tensor) -> float | list[float]:
+    """A logged loss: the float of a scalar, the floats of a ``(K,)`` vector, 6 decimals."""
+    value = loss.tolist()
+    return [round(x, 6) for x in value] if isinstance(value, list) else round(value, 6)
 
-    vocab = Vocab.load(job.vocab)
-    cache = CacheReader(job.cache)
-    cache.check_compatible(vocab, hp["image_size"], f"{job.vocab} and the config's image_size")
-    skipped = json.loads(cache.attrs["skipped"])
-    log.info("%s: %d expressions; skipped when cached, per reason: %s", job.cache, len(cache), skipped or "none")
 
-    model, optimizer, scheduler = _build(job, vocab, device)
-    digest = hparams_digest(hp)
-    start, rows, elapsed = _load_state(job, model, optimizer, scheduler, digest)
-    steps = int(tr["steps"])
+def train_loop(
+    job: RunSettings,
+    checkpoint: Checkpoint,
+    train_step,
+    loader: DataLoader,
+    resumed: tuple[int, list, float],
+    steps: int,
+    describe: str,
+) -> tuple[list, float]:
+    """Run ``train_step`` on the loader's batches from step ``resumed[0]`` to ``steps``; return ``(rows, seconds)``.
+
+    ``resumed``: ``(step, rows, elapsed)`` as ``checkpoint.load()`` returned them (the loader's sampler
+    starts at that step). ``train_step(batch)`` returns the loss on the device: a scalar, or a ``(K,)``
+    vector for K trainings run together (``rmi.lockstep``). Every ``job.log_every`` steps a row
+    ``[step, loss, lr, time]`` is added, the loss averaged over the steps since the last row (a float,
+    or K floats). Checkpoints every ``job.checkpoint_every`` steps; on SIGTERM it finishes the step,
+    checkpoints and raises ``SystemExit(PREEMPTED_EXIT_CODE)``. ``describe`` is logged at the start.
+    """
+    start, rows, elapsed = resumed
+    optimizer, scheduler = checkpoint.optimizer, checkpoint.scheduler
     log_every = job.log_every or max(1, steps // 200)
-
-    dataset = ReferDataset(job.cache, features_path=job.features)
-    lengths = cache.n_tokens if tr["length_buckets"] else None
-    sampler = StepBatchSampler(cache.image_index, tr["batch_size"], hp["seed"], tr["group_by_image"], start, lengths)
-    workers = job.workers if job.workers is not None else (job.threads if on_cuda else 0)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=identity_collate,
-        num_workers=workers,
-        worker_init_fn=_ignore_stop_signals if workers else None,
-        pin_memory=on_cuda,
-        persistent_workers=False,
-    )
-    amp = bool(tr["amp"]) and on_cuda
-    criterion = partial(loss_fn, reduction=tr["loss_reduction"])
-    train_step = make_step(model, optimizer, criterion, device, amp, tr.get("tf32"), tr["cuda_graphs"])
 
     def request_stop(signum, frame):
         job._stop_requested = True
@@ -225,19 +305,9 @@ def run(job: TrainJob) -> Path:
     previous = signal.signal(signal.SIGTERM, request_stop)
     show_bar = job.progress if job.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=steps, initial=start, disable=not show_bar, unit="step", dynamic_ncols=True)
-    model.train()
-    t0, running, n_running, last_print = time.monotonic() - elapsed, torch.zeros((), device=device), 0, time.monotonic()
-    log.info(
-        "training %s+%s on %s: steps %d..%d, batch %d, device %s, %d loader workers",
-        hp["backbone"],
-        hp["fusion"],
-        job.cache,
-        start,
-        steps,
-        tr["batch_size"],
-        device,
-        workers,
-    )
+    checkpoint.model.train()
+    t0, running, n_running, last_print = time.monotonic() - elapsed, None, 0, time.monotonic()
+    log.info("%s", describe)
     # the handler is in place before the workers start (they inherit it until _ignore_stop_signals)
     step, preempted = start, False
     batches = iter(loader)
@@ -248,26 +318,21 @@ def run(job: TrainJob) -> Path:
             loss = train_step(batch)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            running += loss.detach()
+            running = loss if running is None else running + loss
             n_running += 1
             if step % log_every == 0 or step == steps:
-                rows.append([step, round(running.item() / n_running, 6), lr, round(time.monotonic() - t0, 3)])
-                running, n_running = torch.zeros((), device=device), 0
-                bar.set_postfix(loss=f"{rows[-1][1]:.4f}", lr=f"{lr:.2e}")
+                rows.append([step, _rounded(running / n_running), lr, round(time.monotonic() - t0, 3)])
+                mean = statistics.fmean(np.atleast_1d(rows[-1][1]))
+                running, n_running = None, 0
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                 if not show_bar and time.monotonic() - last_print > 30:
                     last_print = time.monotonic()
-                    log.info(
-                        "step %d/%d loss %.4f lr %.3g %.2f step/s",
-                        step,
-                        steps,
-                        rows[-1][1],
-                        lr,
-                        (step - start) / max(1e-9, rows[-1][3] - elapsed),
-                    )
+                    rate = (step - start) / max(1e-9, rows[-1][3] - elapsed)
+                    log.info("step %d/%d loss %.4f lr %.3g %.2f step/s", step, steps, mean, lr, rate)
             bar.update(1)
             preempted = job._stop_requested and step < steps  # after the last step: just finish
             if preempted or _periodic_checkpoint(job, step, steps):
-                _save_state(job, step, model, optimizer, scheduler, rows, time.monotonic() - t0, digest)
+                checkpoint.save(step, rows, time.monotonic() - t0)
     finally:
         bar.close()
         del batches  # the last reference: the iterator shuts its worker processes down
@@ -275,20 +340,31 @@ def run(job: TrainJob) -> Path:
     if preempted:
         log.warning("stopped at step %d after the signal; a rerun resumes from the checkpoint", step)
         raise SystemExit(PREEMPTED_EXIT_CODE)
+    return rows, time.monotonic() - t0
 
-    info = ModelInfo(
-        backbone=hp["backbone"],
-        fusion=hp["fusion"],
-        model_cfg=hp["model"],
-        backbone_cfg=hp["backbone_cfg"],
-        vocab=vocab,
-        image_size=hp["image_size"],
-        max_tokens=cache.max_tokens,
-        hparams=hp,
-        steps=steps,
+
+def run(job: TrainJob) -> Path:
+    """Train to ``hparams.train.steps`` (resuming if possible); write ``model.pt`` and the log."""
+    hp, tr = job.hparams, job.hparams["train"]
+    device = start_process(job)
+    vocab, cache = open_data(job)
+    model = build(job, vocab).to(device)
+    optimizer, scheduler = make_optimizer(model, tr)
+    checkpoint = Checkpoint(Path(job.checkpoint_dir) / "state.pt", hparams_digest(hp), model, optimizer, scheduler)
+    resumed = checkpoint.load()
+    steps = int(tr["steps"])
+    dataset = ReferDataset(job.cache, features_path=job.features)
+    loader = make_loader(dataset, make_sampler(cache, hp, resumed[0]), identity_collate, job, device)
+    amp = bool(tr["amp"]) and device.type == "cuda"
+    criterion = partial(loss_fn, reduction=tr["loss_reduction"])
+    train_step = make_step(model, optimizer, criterion, device, amp, tr.get("tf32"), tr["cuda_graphs"])
+    describe = (
+        f"training {hp['backbone']}+{hp['fusion']} on {job.cache}: steps {resumed[0]}..{steps},"
+        f" batch {tr['batch_size']}, device {device}, {loader.num_workers} loader workers"
     )
-    save_model(job.out_model, model, info)
-    _write_log(Path(job.out_log), rows)
-    _state_path(job).unlink(missing_ok=True)
-    log.info("done: %d steps in %.1f s -> %s", steps, time.monotonic() - t0, job.out_model)
+    rows, seconds = train_loop(job, checkpoint, train_step, loader, resumed, steps, describe)
+    save_model(job.out_model, model, model_info(job, vocab, cache))
+    write_log(Path(job.out_log), rows)
+    checkpoint.path.unlink(missing_ok=True)
+    log.info("done: %d steps in %.1f s -> %s", steps, seconds, job.out_model)
     return Path(job.out_model)

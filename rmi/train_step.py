@@ -16,6 +16,11 @@ step counts live on the GPU) and, inside a graph, reads each group's learning ra
 device tensor refreshed from the group's float before every replay, so the scheduler, the
 log and checkpoints keep plain floats. A capture that fails (an op that reads the device,
 say) is logged once and the run goes on eagerly.
+
+Both steps also run K trainings in lockstep (``rmi.lockstep``): the model is then a
+``LockstepSegmenter`` taking ``(K, ...)`` batches (``rmi.data.lockstep``), the loss returns the
+``(K,)`` losses (a ``row_mask`` among its inputs), the backward of their sum gives each training its
+own gradients, and the step returns the vector.
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from rmi.device import MODEL_INPUT_KEYS, autocast, model_inputs, tf32
+from rmi.device import LOSS_INPUT_KEYS, MODEL_INPUT_KEYS, autocast, model_inputs, tf32
 from rmi.models.segmenter import first_word_column
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[..., Tensor]  # (logits, target=..., [row_mask=...]) -> a scalar, or a (K,) vector in lockstep
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
@@ -50,7 +55,12 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
 
 
 class EagerStep:
-    """``batch -> loss``: forward (bf16 autocast if ``amp``), loss, backward, ``optimizer.step()``."""
+    """``batch -> loss``: forward (bf16 autocast if ``amp``), loss, backward, ``optimizer.step()``.
+
+    ``loss_fn(logits, **loss inputs of the batch)`` (``LOSS_INPUT_KEYS``) returns a scalar, or the
+    ``(K,)`` losses of K trainings run together (``rmi.lockstep``): each is backpropagated into its
+    own training's parameters, and the step returns the vector.
+    """
 
     def __init__(self, model, optimizer, loss_fn: LossFn, device: torch.device, amp: bool, tf32: bool | None = None):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
@@ -62,9 +72,9 @@ class EagerStep:
         with tf32(self.tf32):
             with autocast(self.device, self.amp):
                 logits = self.model(**model_inputs(batch, self.device))
-            loss = self.loss_fn(logits, batch["target"].to(self.device, non_blocking=True))
+            loss = self.loss_fn(logits, **model_inputs(batch, self.device, LOSS_INPUT_KEYS))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward(torch.ones_like(loss))
             self.optimizer.step()
         return loss.detach()
 
@@ -119,13 +129,13 @@ class GraphedStep:
             return loss
 
     def _stage(self, batch: dict) -> tuple[tuple, dict[str, Tensor]]:
-        """Copy the batch's model inputs and target into the static device tensors of their shapes.
+        """Copy the batch's model and loss inputs into the static device tensors of their shapes.
 
         Returns the batch's shape key and the inputs, tokens cut at ``first_word_column`` (found on
         the host, so without a device sync; the cut is a view of the full-width static tensor).
         """
         inputs, shape = {}, []
-        for name in (*MODEL_INPUT_KEYS, "target"):
+        for name in (*MODEL_INPUT_KEYS, *LOSS_INPUT_KEYS):
             if name in batch:
                 t = batch[name]
                 key = name, tuple(t.shape), t.dtype
@@ -134,16 +144,16 @@ class GraphedStep:
                 inputs[name] = self.static[key].copy_(t, non_blocking=True)
                 shape.append(key)
         start = first_word_column(batch["tokens"])
-        inputs["tokens"] = inputs["tokens"][:, start:]
+        inputs["tokens"] = inputs["tokens"][..., start:]
         return (*shape, start), inputs
 
     def _step(self, inputs: dict[str, Tensor]) -> Tensor:
         """Forward, loss, backward and Adam on the static tensors: what a graph captures."""
         self.optimizer.zero_grad(set_to_none=True)  # a captured backward then writes fresh gradients
         with autocast(self.device, self.amp, cache=False):
-            logits = self.model(**{k: v for k, v in inputs.items() if k != "target"}, trim_pads=False)
-        loss = self.loss_fn(logits, inputs["target"])
-        loss.backward()
+            logits = self.model(**{k: v for k, v in inputs.items() if k in MODEL_INPUT_KEYS}, trim_pads=False)
+        loss = self.loss_fn(logits, **{k: v for k, v in inputs.items() if k in LOSS_INPUT_KEYS})
+        loss.backward(torch.ones_like(loss))
         self.optimizer.step()
         return loss.detach()
 

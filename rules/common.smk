@@ -76,6 +76,21 @@ def _check_config():
         raise ValueError(
             "config: train.length_buckets and train.group_by_image exclude each other"
         )
+    lockstep = config["train"]["lockstep"]
+    for name, bb in config["backbones"].items():
+        if lockstep and not bb["freeze_trunk"]:
+            raise ValueError(
+                f"config: backbones.{name}.freeze_trunk: train.lockstep shares one frozen trunk per backbone"
+            )
+        random_trunks = not (bb["pretrained"] or bb["weights_path"])
+        if (
+            lockstep
+            and random_trunks
+            and len(config["datasets"]) * len(config["fusions"]) > 1
+        ):
+            raise ValueError(
+                f"config: backbones.{name}.pretrained: train.lockstep shares one trunk, not one random trunk per training"
+            )
     for table, spec in config["tables"]["length"].items():
         ds = config["datasets"].get(spec["dataset"])
         if ds is None or spec["split"] not in ds["eval_splits"]:
@@ -137,8 +152,12 @@ def dataset_files(name):
 
 
 def train_cache(wildcards):
-    split = dataset_cfg(wildcards)["train_split"]
-    return results(f"cache/{wildcards.dataset}/{split}.h5")
+    return train_cache_of(wildcards.dataset)
+
+
+def train_cache_of(dataset):
+    split = config["datasets"][dataset]["train_split"]
+    return results(f"cache/{dataset}/{split}.h5")
 
 
 def backbone_cfg(wildcards):
@@ -179,34 +198,77 @@ def pretrain_inputs(wildcards):
 
 
 def feature_input(wildcards):
+    return features_of(wildcards.dataset, wildcards.backbone) or []
+
+
+def features_of(dataset, backbone):
+    """The training split's cached trunk features, or None (no feature cache, or a trainable trunk)."""
     if not config["train"]["feature_cache"]:
-        return []
-    if not backbone_cfg(wildcards)["freeze_trunk"]:
-        return []
-    split = dataset_cfg(wildcards)["train_split"]
-    return results(f"features/{wildcards.dataset}/{wildcards.backbone}/{split}.h5")
+        return None
+    if not config["backbones"][backbone]["freeze_trunk"]:
+        return None
+    split = config["datasets"][dataset]["train_split"]
+    return results(f"features/{dataset}/{backbone}/{split}.h5")
 
 
 def train_params(wildcards):
-    """Everything that changes the trained weights (a change reruns training)."""
+    """Everything that changes the trained weights (a change reruns training), as JSON."""
     return json.dumps(
-        {
-            "seed": config["seed"],
-            "image_size": config["image_size"],
-            "backbone": wildcards.backbone,
-            "fusion": wildcards.fusion,
-            "backbone_cfg": {
-                k: v
-                for k, v in backbone_cfg(wildcards).items()
-                if k not in ("letter", "weights_url")
-            },
-            "model": config["model"],
-            "train": {
-                k: v for k, v in config["train"].items() if k != "checkpoint_every"
-            },
-        },
-        sort_keys=True,
+        train_hparams(wildcards.backbone, wildcards.fusion), sort_keys=True
     )
+
+
+def train_hparams(backbone, fusion):
+    """The hparams of a training (``rmi.train``); not the settings that only change how it runs."""
+    return {
+        "seed": config["seed"],
+        "image_size": config["image_size"],
+        "backbone": backbone,
+        "fusion": fusion,
+        "backbone_cfg": {
+            k: v
+            for k, v in config["backbones"][backbone].items()
+            if k not in ("letter", "weights_url")
+        },
+        "model": config["model"],
+        "train": {
+            k: v
+            for k, v in config["train"].items()
+            if k not in ("checkpoint_every", "lockstep")
+        },
+    }
+
+
+def checkpoint_interval(wildcards, output):
+    """The training rules' checkpoint interval. It does not change the weights: a function of
+    `output` is a "derived" param, which Snakemake does not count as a rerun trigger."""
+    return config["train"]["checkpoint_every"]
+
+
+def lockstep_members(backbone):
+    """Every training of a backbone (datasets x fusions) as rule train_lockstep passes them (JSON-able)."""
+    return [
+        {
+            "cache": train_cache_of(dataset),
+            "vocab": results(f"cache/{dataset}/vocab.txt"),
+            "features": features_of(dataset, backbone),
+            "hparams": train_hparams(backbone, fusion),
+            "out_model": results(f"models/{dataset}/{backbone}_{fusion}/model.pt"),
+            "out_log": results(f"models/{dataset}/{backbone}_{fusion}/train_log.csv"),
+        }
+        for dataset in DATASETS
+        for fusion in FUSIONS
+    ]
+
+
+def lockstep_inputs(wildcards):
+    """The inputs of train_lockstep (every member's cache, vocabulary and features, the trunk's weights)."""
+    members = lockstep_members(wildcards.backbone)
+    files = {
+        k: list(dict.fromkeys(m[k] for m in members if m[k]))
+        for k in ("cache", "vocab", "features")
+    }
+    return {**files, "weights": weights_input(wildcards)}
 
 
 def crf_params():

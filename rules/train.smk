@@ -70,41 +70,83 @@ rule extract_features:
         " --out {output} > {log} 2>&1"
 
 
-# Train the LSTM baseline or RMI. Checkpoints go to <results_dir>/checkpoints/ (not an output, so
-# a killed, preempted or requeued job resumes from them).
-rule train:
-    input:
-        cache=train_cache,
-        vocab=results("cache/{dataset}/vocab.txt"),
-        weights=weights_input,
-        features=feature_input,
-    output:
-        model=results("models/{dataset}/{backbone}_{fusion}/model.pt"),
-        log=results("models/{dataset}/{backbone}_{fusion}/train_log.csv"),
-    log:
-        results("logs/train/{dataset}/{backbone}_{fusion}.log"),
-    benchmark:
-        results("benchmarks/train/{dataset}/{backbone}_{fusion}.tsv")
-    # trainings are the long jobs: start them before predictions, DenseCRF and evaluations
-    priority: 50
-    conda:
-        "../envs/train.yaml"
-    # One thread: on CPUs two one-thread trainings side by side finish sooner than two-thread ones
-    # in turn (the tiny model's operations are small); the profiles raise it (DataLoader workers).
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=2880,
-    params:
-        hparams=train_params,
-        checkpoint_dir=results("checkpoints/{dataset}/{backbone}_{fusion}"),
-        # How often to checkpoint does not change the weights: a function of `output` is a
-        # "derived" param, which Snakemake does not count as a rerun trigger.
-        checkpoint_every=lambda wildcards, output: config["train"]["checkpoint_every"],
-    shell:
-        "python -m workflow_scripts.train --cache {input.cache}"
-        " --vocab {input.vocab} --hparams {params.hparams:q} --weights={input.weights}"
-        " --features={input.features} --checkpoint-dir {params.checkpoint_dir}"
-        " --checkpoint-every {params.checkpoint_every} --threads {threads}"
-        " --out-model {output.model} --out-log {output.log} > {log} 2>&1"
+if not config["train"]["lockstep"]:
+
+    # Train the LSTM baseline or RMI. Checkpoints go to <results_dir>/checkpoints/ (not an output, so
+    # a killed, preempted or requeued job resumes from them).
+    rule train:
+        input:
+            cache=train_cache,
+            vocab=results("cache/{dataset}/vocab.txt"),
+            weights=weights_input,
+            features=feature_input,
+        output:
+            model=results("models/{dataset}/{backbone}_{fusion}/model.pt"),
+            log=results("models/{dataset}/{backbone}_{fusion}/train_log.csv"),
+        log:
+            results("logs/train/{dataset}/{backbone}_{fusion}.log"),
+        benchmark:
+            results("benchmarks/train/{dataset}/{backbone}_{fusion}.tsv")
+        # trainings are the long jobs: start them before predictions, DenseCRF and evaluations
+        priority: 50
+        conda:
+            "../envs/train.yaml"
+        # One thread: on CPUs two one-thread trainings side by side finish sooner than two-thread ones
+        # in turn (the tiny model's operations are small); the profiles raise it (DataLoader workers).
+        threads: 1
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=2880,
+        params:
+            hparams=train_params,
+            checkpoint_dir=results("checkpoints/{dataset}/{backbone}_{fusion}"),
+            checkpoint_every=checkpoint_interval,
+        shell:
+            "python -m workflow_scripts.train --cache {input.cache}"
+            " --vocab {input.vocab} --hparams {params.hparams:q} --weights={input.weights}"
+            " --features={input.features} --checkpoint-dir {params.checkpoint_dir}"
+            " --checkpoint-every {params.checkpoint_every} --threads {threads}"
+            " --out-model {output.model} --out-log {output.log} > {log} 2>&1"
+
+else:
+
+    # Every training of a backbone (datasets x fusions) in one process, each as it would train
+    # alone (rmi.lockstep): one job per backbone writes every member's model and log. Its checkpoint
+    # goes to <results_dir>/checkpoints/lockstep/ (train.lockstep: true, see config/schema.yaml).
+    rule train_lockstep:
+        input:
+            unpack(lockstep_inputs),
+        output:
+            models=expand(
+                results("models/{dataset}/{{backbone}}_{fusion}/model.pt"),
+                dataset=DATASETS,
+                fusion=FUSIONS,
+            ),
+            logs=expand(
+                results("models/{dataset}/{{backbone}}_{fusion}/train_log.csv"),
+                dataset=DATASETS,
+                fusion=FUSIONS,
+            ),
+        log:
+            results("logs/train_lockstep/{backbone}.log"),
+        benchmark:
+            results("benchmarks/train_lockstep/{backbone}.tsv")
+        priority: 50
+        conda:
+            "../envs/train.yaml"
+        threads: 1
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=2880,
+        params:
+            members=lambda wildcards: json.dumps(
+                lockstep_members(wildcards.backbone), sort_keys=True
+            ),
+            checkpoint_dir=results("checkpoints/lockstep/{backbone}"),
+            checkpoint_every=checkpoint_interval,
+        shell:
+            "python -m workflow_scripts.train_lockstep --members {params.members:q}"
+            " --weights={input.weights} --checkpoint-dir {params.checkpoint_dir}"
+            " --checkpoint-every {params.checkpoint_every} --threads {threads} > {log} 2>&1"

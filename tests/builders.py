@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +160,20 @@ def train_tiny(root: Path, caches: dict, fusion: str, steps: int = 30, image_siz
     out = root / fusion
     run(train_job(caches, out, hp))
     return out / "model.pt"
+
+
+def script_env() -> dict[str, str]:
+    """The environment of a ``workflow_scripts`` subprocess: this checkout's ``rmi``, one OpenMP thread."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+
+
+def wait_for(predicate, proc, timeout: float = 120.0) -> None:
+    """Poll ``predicate()`` until true; fail if the subprocess ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def process_group(pgid: int) -> list[int]:

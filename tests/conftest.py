@@ -48,21 +48,28 @@ TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 #: where the tiny config's rules write (relative to the working directory)
 TINY_RESULTS = yaml.safe_load(TINY_CONFIG.read_text())["results_dir"]
 # Rules that declare resources: gpu=1 (rules/*.smk): the profiles give them the GPU partition
-GPU_RULES = {"train", "predict", "extract_features", "pretrain_backbone"}
+GPU_RULES = {"train", "train_lockstep", "predict", "extract_features", "pretrain_backbone"}
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, cores: int = 2, check: bool = True):
-    """Run the repository's workflow in ``workdir`` (a CLI call); returns the CompletedProcess."""
+def snakemake(
+    workdir: Path, *args: str, configfile: Path | list[Path] = TINY_CONFIG, cores: int = 2, check: bool = True
+):
+    """Run the repository's workflow in ``workdir`` (a CLI call); returns the CompletedProcess.
+
+    ``configfile``: one file, or a config and its overlays (merged in order, as ``--configfile a b``).
+    """
+    files = [configfile] if isinstance(configfile, Path) else configfile
     cmd = [
         str(SNAKEMAKE),
         "--snakefile",
         str(REPO / "Snakefile"),
         "--directory",
         str(workdir),
-        f"--configfile={configfile}",
         "--cores",
         str(cores),
         *args,
+        "--configfile",
+        *map(str, files),
     ]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

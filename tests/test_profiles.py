@@ -56,3 +56,21 @@ def test_profiles_are_valid_snakemake_profiles():
     assert slurm["executor"] == "slurm" and slurm["retries"] >= 1
     assert set(slurm["set-resources"]) >= GPU_RULES - {"extract_features"}
     assert any(str(r).startswith("gpu=") for r in local["resources"])
+
+
+def test_lockstep_job_gets_a_gpu_and_the_preemption_signal(tmp_path):
+    """With the config/lockstep.yaml overlay the paper grid's two train_lockstep jobs get what train gets."""
+    paper = REPO / "config" / "paper.yaml"
+    out = snakemake(
+        tmp_path,
+        "-n",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        f"{yaml.safe_load(paper.read_text())['results_dir']}/table1.csv",
+        configfile=[paper, REPO / "config" / "lockstep.yaml"],
+    ).stdout
+    jobs = [res for rule, res in job_resources(out) if rule == "train_lockstep"]
+    assert len(jobs) == 2
+    for res in jobs:
+        assert res["gpu"] == "1" and res["slurm_partition"] == "<gpu-partition>" and int(res["runtime"]) >= 24 * 60
+        assert "--signal=TERM@120 --requeue" in res["slurm_extra"]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import build_shapes_caches, process_group, tiny_hparams, train_job
+from builders import build_shapes_caches, process_group, script_env, tiny_hparams, train_job, wait_for
 from rmi.baselines import baseline_rows
 from rmi.data.cache import CacheReader
 from rmi.features import extract_features
@@ -136,18 +136,6 @@ def _cli(caches, out: Path, hp: dict, every: int) -> list[str]:
     ]
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-
-
-def _wait_for(predicate, proc, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited early"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def _weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -164,15 +152,15 @@ def assert_same_training(ref: Path, cut: Path) -> None:
 def test_sigkill_then_resume_is_bit_exact(caches, tmp_path):
     hp = hparams("rmi", steps=60)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    subprocess.run(_cli(caches, ref, hp, every=10), env=_env(), check=True, capture_output=True)
+    subprocess.run(_cli(caches, ref, hp, every=10), env=script_env(), check=True, capture_output=True)
 
-    proc = subprocess.Popen(_cli(caches, cut, hp, every=10), env=_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cli(caches, cut, hp, every=10), env=script_env(), stderr=subprocess.PIPE, text=True)
     state = cut / "ckpt" / "state.pt"
-    _wait_for(lambda: state.exists() and torch.load(state, weights_only=True)["step"] >= 20, proc)
+    wait_for(lambda: state.exists() and torch.load(state, weights_only=True)["step"] >= 20, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (cut / "model.pt").exists()
-    resumed = subprocess.run(_cli(caches, cut, hp, every=10), env=_env(), capture_output=True, text=True)
+    resumed = subprocess.run(_cli(caches, cut, hp, every=10), env=script_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step" in resumed.stderr
     assert_same_training(ref, cut)
@@ -180,7 +168,9 @@ def test_sigkill_then_resume_is_bit_exact(caches, tmp_path):
 
 def test_sigterm_checkpoints_and_exits_143(caches, tmp_path):
     hp = hparams("lstm", steps=100_000)
-    proc = subprocess.Popen(_cli(caches, tmp_path, hp, every=50_000), env=_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(caches, tmp_path, hp, every=50_000), env=script_env(), stderr=subprocess.PIPE, text=True
+    )
     lines = []
 
     def started():
@@ -188,7 +178,7 @@ def test_sigterm_checkpoints_and_exits_143(caches, tmp_path):
         lines.append(line)
         return "training tiny+lstm" in line
 
-    _wait_for(started, proc)
+    wait_for(started, proc)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == PREEMPTED_EXIT_CODE, "".join(lines) + proc.stderr.read()
@@ -203,12 +193,12 @@ def test_sigterm_to_the_process_group_with_workers(caches, tmp_path):
     ends with the weights of an uninterrupted one."""
     hp = hparams("rmi", steps=200)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    subprocess.run(_cli(caches, ref, hp, every=10), env=_env(), check=True, capture_output=True)
+    subprocess.run(_cli(caches, ref, hp, every=10), env=script_env(), check=True, capture_output=True)
 
     cmd = [*_cli(caches, cut, hp, every=10), "--workers", "2"]
-    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=script_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
     state = cut / "ckpt" / "state.pt"
-    _wait_for(lambda: state.exists() and torch.load(state, weights_only=True)["step"] >= 20, proc)
+    wait_for(lambda: state.exists() and torch.load(state, weights_only=True)["step"] >= 20, proc)
     assert len(process_group(proc.pid)) == 3, "expected the trainer and its 2 loader workers"
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == PREEMPTED_EXIT_CODE, proc.stderr.read()
@@ -221,7 +211,7 @@ def test_sigterm_to_the_process_group_with_workers(caches, tmp_path):
         time.sleep(0.05)
     assert not process_group(proc.pid), "loader workers outlived the trainer"
 
-    resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, start_new_session=True)
+    resumed = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, start_new_session=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step" in resumed.stderr
     assert_same_training(ref, cut)

@@ -97,6 +97,7 @@ def test_first_word_column():
     assert first_word_column(tokens) == 2
     assert first_word_column(tokens[[0, 2]]) == 3
     assert first_word_column(torch.zeros(2, 5, dtype=torch.int64)) == 4  # all padding: the last step runs
+    assert first_word_column(torch.stack([tokens[[0, 2]], tokens[[2, 1]]])) == 2  # (K, B, T): over every row
 
 
 @pytest.mark.parametrize("fusion,frozen", [("rmi", False), ("lstm", False), ("rmi", True)])

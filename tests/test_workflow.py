@@ -8,6 +8,7 @@ import json
 import h5py
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import REPO, TINY_CONFIG, TINY_RESULTS, planned_jobs, snakemake
 
@@ -136,3 +137,51 @@ def test_paper_grid_plan_after_a_tiny_run(completed_tiny_run):
         assert jobs["train"] == 16 and jobs["predict"] == 32 and jobs["densecrf"] == 32 and jobs["evaluate"] == 64
         assert jobs["cache"] == 4 + 8 and jobs["tables"] == 1
         assert ("figures" in jobs) == (not target)
+
+
+LOCKSTEP = REPO / "config" / "lockstep.yaml"
+MODEL_FILES = ("model.pt", "train_log.csv")
+
+
+def _contents(path):
+    """A model's weights, or a training log's step, loss and lr columns."""
+    if path.suffix == ".csv":
+        return pd.read_csv(path)[["step", "loss", "lr"]]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_lockstep_plans_one_training_job_per_backbone(tmp_path):
+    """The config/lockstep.yaml overlay (train.lockstep: true): one train_lockstep job per backbone
+    trains every dataset x fusion of it; nothing else in the DAG changes."""
+    tiny = planned_jobs(snakemake(tmp_path, "-n").stdout)
+    together = planned_jobs(snakemake(tmp_path, "-n", configfile=[TINY_CONFIG, LOCKSTEP]).stdout)
+    assert together.pop("train_lockstep") == 1 and tiny.pop("train") == 2 and together == tiny
+    paper = REPO / "config" / "paper.yaml"
+    jobs = planned_jobs(snakemake(tmp_path, "-n", configfile=[paper, LOCKSTEP]).stdout)
+    assert jobs["train_lockstep"] == 2 and "train" not in jobs and jobs["predict"] == 32
+
+
+def test_lockstep_refuses_a_trainable_trunk(tmp_path):
+    overlay = tmp_path / "trainable.yaml"
+    overlay.write_text(yaml.safe_dump({"backbones": {"tiny": {"freeze_trunk": False}}}))
+    proc = snakemake(tmp_path, "-n", configfile=[TINY_CONFIG, LOCKSTEP, overlay], check=False)
+    assert proc.returncode != 0 and "config: backbones.tiny.freeze_trunk: train.lockstep" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_lockstep_run_writes_the_solo_models(tmp_path):
+    """The tiny DAG's models trained by the lockstep job, then by the per-model train jobs (switching the
+    overlay off retrains them): the same files, weights and losses equal to 1e-5."""
+    files = [f"{TINY_RESULTS}/models/shapes/tiny_{f}/{name}" for f in ("lstm", "rmi") for name in MODEL_FILES]
+    snakemake(tmp_path, *files, configfile=[TINY_CONFIG, LOCKSTEP])
+    together = {f: _contents(tmp_path / f) for f in files}
+    assert planned_jobs(snakemake(tmp_path, "-n", *files).stdout) == {"train": 2}
+    snakemake(tmp_path, *files)
+    for f in files:
+        alone = _contents(tmp_path / f)
+        if f.endswith(".csv"):
+            pd.testing.assert_frame_equal(together[f], alone, check_exact=False, rtol=1e-5, atol=1e-5)
+            continue
+        assert together[f].keys() == alone.keys()
+        for name, weights in alone.items():
+            torch.testing.assert_close(together[f][name], weights, rtol=1e-5, atol=1e-5)

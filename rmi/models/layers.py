@@ -48,10 +48,16 @@ def lstm_parameters(input_dim: int, hidden_dim: int) -> tuple[nn.Parameter, nn.P
 def _steps_with_padding(valid: Tensor) -> list[bool]:
     """Per step, whether some sample is still on a ``<pad>`` token (its state must be held).
 
-    Read on the host once per scan; inside a CUDA graph capture (no host reads) and on the meta
-    device (no data: FLOP counting) every step is masked.
+    Read on the host once per scan; every step is masked where the host cannot read ``valid``:
+    inside a CUDA graph capture, on the meta device (no data: FLOP counting) and under ``vmap``
+    (lockstep training, ``rmi.models.lockstep``: there, trainings of different expression lengths
+    leave few steps without padding anyway).
     """
-    if valid.is_meta or (valid.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if (
+        valid.is_meta
+        or torch._C._functorch.is_batchedtensor(valid)  # no public test of a vmap-batched tensor
+        or (valid.is_cuda and torch.cuda.is_current_stream_capturing())
+    ):
         return [True] * valid.shape[1]
     return (~valid).any(0).tolist()
 

@@ -21,12 +21,13 @@ FUSIONS = ("lstm", "rmi")
 
 
 def first_word_column(tokens: Tensor) -> int:
-    """First column of ``tokens (B, T)`` holding a real word in some row; ``T - 1`` when none does.
+    """First column of ``tokens (..., T)`` (``(B, T)``, or ``(K, B, T)`` in lockstep) holding a real word
+    in some row; ``T - 1`` when none does.
 
     The columns before it are ``<pad>`` in every row. On a CUDA tensor this waits for the device.
     """
-    first = (tokens != PAD_ID).any(0).nonzero()
-    return int(first[0]) if len(first) else tokens.shape[1] - 1
+    first = (tokens != PAD_ID).flatten(0, -2).any(0).nonzero()
+    return int(first[0]) if len(first) else tokens.shape[-1] - 1
 
 
 class ReferringSegmenter(nn.Module):
