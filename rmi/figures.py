@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from rmi.crf import CRFParams, refine  # noqa: E402
 from rmi.data.cache import CacheReader  # noqa: E402
@@ -32,7 +33,7 @@ from rmi.fileio import atomic_path  # noqa: E402
 from rmi.prediction_file import PredictionReader, probability  # noqa: E402
 from rmi.text import tokenize  # noqa: E402
 
-MASK_RGB = np.array([230, 30, 30], np.float64)
+BORDER_RGB = np.array([0, 235, 235], np.float64)
 PNG_METADATA = {"Software": None}  # no version string: identical bytes across matplotlib builds
 
 
@@ -76,10 +77,17 @@ def _content(cache: CacheReader, row: int, array: np.ndarray) -> np.ndarray:
     return array[cache.geometry(row).box]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """``image (h, w, 3) uint8`` with ``mask (h, w) bool`` blended in red -> ``(h, w, 3) uint8``."""
+def overlay(image: np.ndarray, mask: np.ndarray, dim: float = 0.3) -> np.ndarray:
+    """``image (h, w, 3) uint8`` with ``mask (h, w) bool`` shown -> ``(h, w, 3) uint8``: the mask keeps its
+    colours, the rest is dimmed to ``dim`` of its brightness, and the mask's border is drawn in cyan.
+
+    (A tint would vanish on an object of the tint's colour; no generated object is cyan. An empty
+    mask leaves the whole image dimmed.)
+    """
     out = image.astype(np.float64)
-    out[mask] = (1 - alpha) * out[mask] + alpha * MASK_RGB
+    out[~mask] *= dim
+    border = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
+    out[border] = BORDER_RGB
     return out.astype(np.uint8)
 
 

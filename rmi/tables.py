@@ -3,7 +3,8 @@
 Inputs: ``metrics {dataset: {split: {model: csv path}}}`` (``rules/common.smk``
 ``metric_files()``; the CSVs have the columns ``rmi.metrics.COLUMNS``), model =
 ``{backbone}_{fusion}`` or ``{backbone}_{fusion}_dcrf``; the spec of ``rules/common.smk``
-``table_spec()``: ``datasets {name: [splits]}``, ``backbones {name: letter}``, ``fusions``,
+``table_spec()``: ``datasets {name: [splits]}``, ``backbones [[name, letter], ...]`` (config order; a
+``{name: letter}`` dict works too), ``fusions``,
 ``dcrf``, ``length {table: {dataset, split, buckets}}``, ``paper`` (published Table 1 or null),
 ``thresholds``, ``coco_datasets`` (the datasets whose images are COCO images).
 
@@ -62,7 +63,7 @@ def model_rows(spec: dict) -> list[tuple[str, str]]:
 def _rows(spec: dict) -> list[tuple[str, str, str]]:
     """``(row label, model, backbone)`` in the order of ``model_rows``."""
     rows = []
-    for backbone, letter in spec["backbones"].items():
+    for backbone, letter in dict(spec["backbones"]).items():
         for suffix, tag in [("", "")] + ([("_dcrf", "+DCRF")] if spec["dcrf"] else []):
             for fusion in spec["fusions"]:
                 rows.append((f"{letter}+{FUSION_NAMES[fusion]}{tag}", f"{backbone}_{fusion}{suffix}", backbone))
@@ -120,7 +121,7 @@ def length_table(spec: dict, metrics: MetricFiles, table: dict) -> pd.DataFrame:
     buckets = [tuple(b) for b in table["buckets"]]
     labels = [bucket_label(lo, hi) for lo, hi in buckets]
     rows, sizes = {}, None
-    for backbone, letter in spec["backbones"].items():
+    for backbone, letter in dict(spec["backbones"]).items():
         values = {}
         for fusion in spec["fusions"]:
             frame = read_metrics(metrics, table["dataset"], f"{backbone}_{fusion}", table["split"])

@@ -325,7 +325,8 @@ def table_spec():
     return json.dumps(
         {
             "datasets": {n: ds["eval_splits"] for n, ds in config["datasets"].items()},
-            "backbones": {b: config["backbones"][b]["letter"] for b in BACKBONES},
+            # pairs, not a dict: sort_keys must not reorder the rows (R before D, as in the paper)
+            "backbones": [[b, config["backbones"][b]["letter"]] for b in BACKBONES],
             "fusions": FUSIONS,
             "dcrf": config["crf"]["enabled"],
             "length": config["tables"]["length"],

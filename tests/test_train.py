@@ -56,7 +56,9 @@ def recipe(tmp_path_factory):
     source = {"format": "refer", "refer_dir": str(data), "split_by": "unc", "image_dir": str(data / "images")}
     weights = root / "tiny.pth"
     torch.set_num_threads(2)
-    pretrain_trunk([{**source, "split": "train"}], weights, WIDTHS, S, steps=1500, batch_size=32, lr=3e-3, threads=2)
+    pretrain_trunk(
+        "tiny", [{**source, "split": "train"}], weights, S, steps=1500, batch_size=32, lr=3e-3, widths=WIDTHS, threads=2
+    )
     trunk = {"pretrained": True, "freeze_trunk": True, "weights_path": str(weights), "widths": list(WIDTHS)}
     features = root / "features.h5"
     extract_features(caches["train"], features, "tiny", trunk, 32, weights_path=str(weights), batch_size=32)

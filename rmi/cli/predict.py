@@ -6,7 +6,7 @@
 The image (any size, RGB or grey) is resized-and-padded to the model's ``S`` exactly as in
 training; the logits are bilinearly upsampled to ``S``, optionally refined with DenseCRF (config
 defaults), and mapped back to the original size. ``--out`` gets a 0/255 single-channel PNG of
-the original size; ``--overlay`` the image with the mask in red.
+the original size; ``--overlay`` the image with the rest dimmed and the mask outlined (``rmi.figures.overlay``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--expression", required=True, help="the referring expression")
     p.add_argument("--out", required=True, type=Path, help="mask PNG (0/255) at the image's size")
-    p.add_argument("--overlay", type=Path, help="also write the image with the mask in red")
+    p.add_argument("--overlay", type=Path, help="also write the image with all but the mask dimmed")
     p.add_argument("--crf", action="store_true", help="refine with DenseCRF (official settings)")
     p.add_argument("--vocab", type=Path, help="check that the model was trained with this vocab.txt")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")

@@ -109,7 +109,7 @@ class Shape:
 
     @property
     def area(self) -> int:
-        return int(self.visible.sum())
+        return int(np.count_nonzero(self.visible))
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -132,7 +132,7 @@ class Scene:
 
 def _flat(points) -> list[float]:
     """``[(x, y), ...]`` -> COCO's flat ``[x1, y1, x2, y2, ...]``, rounded to 1/100 px."""
-    return [round(float(v), 2) for xy in points for v in xy]
+    return np.round(np.asarray(list(points), np.float64), 2).ravel().tolist()
 
 
 def _ellipse_points(cx, cy, rx, ry, start: float, stop: float, n: int) -> list[tuple[float, float]]:
@@ -220,8 +220,8 @@ def _assign_visibility(shapes: list[Shape], h: int, w: int) -> bool:
     for s in reversed(shapes):
         s.polygons = _visible_polygons(s, front)
         s.visible = decode_polygons(s.polygons, h, w)
-        full = decode_polygons(s.outline, h, w).sum()
-        if s.visible.sum() < max(MIN_AREA, MIN_VISIBLE * full) or (s.visible & taken).any():
+        full = np.count_nonzero(decode_polygons(s.outline, h, w))
+        if np.count_nonzero(s.visible) < max(MIN_AREA, MIN_VISIBLE * full) or (s.visible & taken).any():
             return False
         taken |= s.visible
         front = _geometry(s.outline) if front is None else front.union(_geometry(s.outline))
@@ -234,7 +234,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     tint = rng.normal(0, 20, size=(3, 3, 3))
     small = np.clip(base + tint, 0, 255).astype(np.uint8)
     field_ = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), np.float64)
-    return field_ + rng.normal(0, 8, size=(h, w, 3))
+    return field_ + 8 * rng.standard_normal((h, w, 3), dtype=np.float32)
 
 
 def _roughly_visible(fulls: list[np.ndarray]) -> bool:
@@ -242,8 +242,8 @@ def _roughly_visible(fulls: list[np.ndarray]) -> bool:
     front): a cheap test that turns most crowded placements down before the exact polygon geometry."""
     covered = np.zeros_like(fulls[0])
     for full in reversed(fulls):
-        area = int(full.sum())
-        if int((full & ~covered).sum()) < max(MIN_AREA, MIN_VISIBLE * area):
+        area = np.count_nonzero(full)
+        if np.count_nonzero(full & ~covered) < max(MIN_AREA, MIN_VISIBLE * area):
             return False
         covered |= full
     return True
@@ -280,7 +280,7 @@ def _crowd(rng: np.random.Generator, h: int, w: int, shapes: list[Shape]) -> np.
         dots |= (yy - y) ** 2 + (xx - x) ** 2 <= (0.015 * min(h, w) + 1) ** 2
     for s in shapes:
         dots &= ~s.visible
-    return dots if dots.sum() >= MIN_AREA else None
+    return dots if np.count_nonzero(dots) >= MIN_AREA else None
 
 
 def _render(rng: np.random.Generator, scene: Scene) -> np.ndarray:
@@ -291,7 +291,7 @@ def _render(rng: np.random.Generator, scene: Scene) -> np.ndarray:
         regions.insert(0, (scene.crowd, CROWD_RGB))
     for mask, rgb in regions:
         tone = np.asarray(rgb, np.float64) * rng.uniform(0.9, 1.05)
-        img[mask] = tone + rng.normal(0, 6, size=(int(mask.sum()), 3))
+        img[mask] = tone + 6 * rng.standard_normal((np.count_nonzero(mask), 3), dtype=np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -336,7 +336,10 @@ def _descriptions(
     """A minimal set of attributes that singles ``target`` out, or None if there is none.
 
     Returns ``{"colour": bool, "size": str|None, "loc": str|None}``; among several minimal sets
-    one is drawn at random (variety).
+    one is drawn at random (variety): first the kind of attribute that does the singling out (colour,
+    size, location), each kind as likely as the others, then one set of that kind (e.g. "left" or
+    "top"), so that a target with two telling directions is not described by its location twice as
+    often as by its colour.
     """
     t = shapes[target]
     same_cat = [i for i, s in enumerate(shapes) if s.category == t.category]
@@ -355,7 +358,12 @@ def _descriptions(
     if not options:
         return None
     best = min(cost for cost, _ in options)
-    minimal = [d for cost, d in options if cost == best]
+    by_kind = collections.defaultdict(list)
+    for cost, d in options:
+        if cost == best:
+            by_kind["loc" if d["loc"] else "size" if d["size"] else "colour"].append(d)
+    kinds = sorted(by_kind)
+    minimal = by_kind[kinds[rng.integers(len(kinds))]]
     return minimal[rng.integers(len(minimal))]
 
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor
 
 from rmi.errors import InputError
 from rmi.models.layers import conv1x1
+
+if TYPE_CHECKING:
+    import torchvision
 
 BACKBONES = ("resnet101", "deeplab101", "tiny")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,9 +108,17 @@ def build_backbone(name: str, visual_dim: int, cfg: dict, weights_path: str | No
     raise InputError(f"backbones.{name}", f"unknown backbone (expected one of {', '.join(BACKBONES)})")
 
 
+def _torchvision():
+    # imported when a ResNet is built, not with this module: importing torchvision costs a second
+    # (its ops import torch._dynamo), which every job of the demo's tiny trunk would pay
+    import torchvision
+
+    return torchvision
+
+
 def dilated_resnet101() -> torchvision.models.ResNet:
     """Randomly initialised torchvision ResNet-101 with output stride 8 (conv4/5 dilated 2/4)."""
-    return torchvision.models.resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
+    return _torchvision().models.resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
 
 
 def resnet_trunk(net: torchvision.models.ResNet) -> nn.Sequential:
@@ -165,9 +176,10 @@ def tiny_body(widths: tuple[int, int, int] = TINY_WIDTHS) -> TinyBody:
 def torchvision_weights(name: str) -> torchvision.models.WeightsEnum:
     """The torchvision weights of a pretrained backbone: ResNet-101 ``IMAGENET1K_V1`` (R) or
     DeepLabV3-ResNet101 ``COCO_WITH_VOC_LABELS_V1`` (D)."""
+    models = _torchvision().models
     return {
-        "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-        "deeplab101": torchvision.models.segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+        "resnet101": models.ResNet101_Weights.IMAGENET1K_V1,
+        "deeplab101": models.segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
     }[name]
 
 

@@ -50,7 +50,8 @@ class MultimodalLSTM(nn.Module):
         w = self.weight
         spatial = spatial_features(height, width, visual.device)
         pixels = image_term(w[:, :dv], w[:, dv + dw : dv + dw + SPATIAL_DIM], self.bias, visual, spatial)
-        pixels = pixels.transpose(1, 2)[image_of]  # (B, H*W, 4n)
+        # (B, H*W, 4n), pixel-major in memory: every step then adds and multiplies contiguous rows
+        pixels = pixels.transpose(1, 2).contiguous()[image_of]
         lang = torch.matmul(words, w[:, dv : dv + dw].t())  # (B, T, 4n)
         w_h = w[:, dv + dw + SPATIAL_DIM :]
         for h in lstm_scan(lambda t: pixels + lang[:, t, None, :], w_h, valid):
