@@ -1,19 +1,24 @@
 """Optimised mLSTM (visual+spatial gate term once per image) vs the naive full 1x1 conv per step.
 
     .venv/bin/python benchmarks/bench_mlstm.py [--size 40] [--steps 20] [--repeats 3] [--threads 2] [--device cuda]
+        [--out benchmarks/results/mlstm_cpu.jsonl]
 
 Paper sizes by default: 40 x 40 cells, T = 20 words, 500 mLSTM units, per-pixel input
 1000 (visual) + 1000 (word) + 1000 (word-LSTM state) + 8 (spatial) = 3008, plus 500 recurrent;
 batch 1, float32 on the CPU (or ``--device``; CUDA timings synchronise the device). Prints the
 median of ``--repeats`` runs of the forward (no_grad) and of forward+backward (gradient of the
-last hidden state's sum), in ms, and naive/optimised ratios.
+last hidden state's sum), in ms, and naive/optimised ratios; ``--out`` appends them as one JSON line
+with the machine (CPU model or GPU name, threads, torch version, load average, date).
 The naive reference lives in ``tests/reference_mlstm.py`` (not part of the library).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -51,6 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="append the result as one JSON line to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -86,9 +92,33 @@ def main() -> None:
         f"mLSTM {args.size}x{args.size}, T={args.steps}, n={args.units}, input {3 * args.dim + 8}+{args.units}, "
         f"batch 1, {device} ({where}), load average {os.getloadavg()[0]:.2f}; max |diff| {diff:.1e}"
     )
+    line = {
+        "bench": "mlstm",
+        **{k: getattr(args, k) for k in ("size", "steps", "units", "dim", "repeats", "threads", "device")},
+        "machine": where if device.type == "cuda" else f"{cpu_model()}, {args.threads} threads",
+        "torch": torch.__version__,
+        "load_average": round(os.getloadavg()[0], 2),
+        "date": datetime.date.today().isoformat(),
+    }
     for label, wrap in (("forward", no_grad), ("forward+backward", backward)):
         fast, slow = median_ms(wrap(optimised), args.repeats, device), median_ms(wrap(naive), args.repeats, device)
         print(f"{label:17s} optimised {fast:8.1f} ms   naive {slow:8.1f} ms   ratio {slow / fast:5.2f}x")
+        line[label] = {"optimised_ms": round(fast, 1), "naive_ms": round(slow, 1), "ratio": round(slow / fast, 2)}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            if row.startswith("model name"):
+                return row.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -106,10 +106,10 @@ def test_frozen_trunk_gets_no_grads_and_keeps_batchnorm_stats():
 def test_unfrozen_trunk_trains():
     model = tiny("lstm", frozen=False).train()
     assert not model.frozen_trunk and model.trunk.training
-    bn = model.trunk.body[1]
+    bn = model.trunk.body.local[1]
     before = bn.running_mean.clone()
     model(TOKENS, IMAGE_OF, images=images()).sum().backward()
-    assert model.trunk.body[0].weight.grad is not None
+    assert model.trunk.body.local[0].weight.grad is not None and model.trunk.body.fuse[0].weight.grad is not None
     assert not torch.equal(bn.running_mean, before)
     model.eval()
     assert not model.trunk.training

@@ -69,11 +69,11 @@ def recipe(tmp_path_factory):
 def test_training_learns(recipe, tmp_path, fusion):
     """On the VAL split, the model beats both language-blind baselines (rmi.baselines) by a margin.
 
-    Measured at these seeds (2 threads): val overall IoU LSTM 0.448, RMI 0.467; best baseline 0.323.
+    Measured at these seeds (2 threads): val overall IoU LSTM 0.452, RMI 0.479; best baseline 0.336.
     """
     torch.set_num_threads(2)
     caches, out = recipe["caches"], tmp_path / fusion
-    hp = hparams(fusion, steps=5000, group_by_image=False, length_buckets=True, lr=2.5e-3, batch_size=16)
+    hp = hparams(fusion, steps=2500, group_by_image=False, length_buckets=True, lr=7.5e-3, batch_size=16)
     hp["backbone_cfg"] = recipe["trunk"]
     run(
         train_job(
@@ -81,7 +81,7 @@ def test_training_learns(recipe, tmp_path, fusion):
         )
     )
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "lr", "time"] and log["step"].iloc[-1] == 5000
+    assert list(log.columns) == ["step", "loss", "lr", "time"] and log["step"].iloc[-1] == 2500
     assert log["loss"].tail(5).mean() < 0.7 * log["loss"].head(3).mean()
     assert log["lr"].is_monotonic_decreasing and log["time"].is_monotonic_increasing
     assert not (out / "ckpt" / "state.pt").exists()  # removed after a finished run
