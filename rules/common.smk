@@ -166,7 +166,7 @@ def backbone_cfg(wildcards):
 
 def weights_input(wildcards):
     """Pretrained weights of a backbone: its weights_path, else written by rule pretrain_backbone (a
-    backbone with a `pretrain` block) or fetched by rule fetch_weights (R, D: torchvision's).
+    backbone with a `pretrain` block) or fetched by rule fetch_weights (R, D; torchvision weights).
     """
     bb = backbone_cfg(wildcards)
     if not bb["pretrained"]:
