@@ -4,16 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 2
+IMPORT_ALL := import importlib, pathlib, torchvision, skimage.transform, snakemake.cli, pytest; [importlib.import_module(f'workflow_scripts.{p.stem}') for p in sorted(pathlib.Path('workflow_scripts').glob('*.py'))]
 DEMO_FIGURES := results/figures/shapes/tiny/qualitative.png results/figures/shapes+/tiny/qualitative.png
 
 .PHONY: venv demo figures docs-figure test lint report clean
 
-# --no-compile: no .pyc for the 5 GB of torch at install time (2 min -> under 1 min); Python writes
-# them for the modules it imports, when it first imports them.
+# --no-compile: pip does not byte-compile the 5 GB of torch (2 min -> under 1 min); the last line
+# compiles just the modules the pipeline imports, by importing them once with bytecode writing on
+# (PYTHONDONTWRITEBYTECODE, where a machine sets it, would leave every job compiling torch anew).
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -r requirements.txt
 	$(PY) -m pip install -q --no-compile --no-deps --no-build-isolation -e .
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "$(IMPORT_ALL)"
 	touch $(STAMP)
 
 venv: $(STAMP)
