@@ -87,8 +87,8 @@ if not config["train"]["lockstep"]:
             results("logs/train/{dataset}/{backbone}_{fusion}.log"),
         benchmark:
             results("benchmarks/train/{dataset}/{backbone}_{fusion}.tsv")
-        # trainings are the long jobs: start them before predictions, DenseCRF and evaluations
-        priority: 50
+        # trainings are the long jobs: start them before predictions, DenseCRF and evaluations, RMI's first
+        priority: train_priority
         conda:
             "../envs/train.yaml"
         # One thread: on CPUs two one-thread trainings side by side finish sooner than two-thread ones
