@@ -213,7 +213,8 @@ def features_of(dataset, backbone):
 
 def train_priority(wildcards):
     """Trainings start before predictions, DenseCRF and evaluations, and RMI's (about 2.5 times the
-    LSTM baseline's time) before the LSTM's, so that the DAG does not end waiting on one of them."""
+    LSTM baseline's time) before the LSTM's, so that the DAG does not end waiting on one of them.
+    """
     return 51 if wildcards.fusion == "rmi" else 50
 
 
