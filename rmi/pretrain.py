@@ -27,7 +27,9 @@ in DeepLabV3-ResNet101).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +106,9 @@ def _labels(item: ImageObjects, size: int, colours: list[str], n_categories: int
     return resize_and_pad_image(image, size), category, colour, present
 
 
-def load_labelled_set(sources: list[dict], size: int) -> LabelledSet:
-    """The training images of every refer-layout source ``{"refer_dir", "split_by", "image_dir", "split"}``."""
+def load_labelled_set(sources: list[dict], size: int, threads: int = 1) -> LabelledSet:
+    """The training images of every refer-layout source ``{"refer_dir", "split_by", "image_dir", "split"}``,
+    decoded by ``threads`` threads (PIL and pycocotools release the GIL)."""
     items = [
         item
         for src in sources
@@ -114,7 +117,9 @@ def load_labelled_set(sources: list[dict], size: int) -> LabelledSet:
     objects = [obj for item in items for obj in item.objects if not obj[3]]
     colours = sorted({a["colour"] for _, a, _, _ in objects if "colour" in a})
     n_categories = max(c for c, *_ in objects)
-    rows = [_labels(item, size, colours, n_categories) for item in tqdm(items, disable=None)]
+    label = partial(_labels, size=size, colours=colours, n_categories=n_categories)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        rows = list(tqdm(pool.map(label, items), total=len(items), disable=None))
     images, category, colour, present = (np.stack(a) for a in zip(*rows, strict=True))
     return LabelledSet(images, category, colour, present, colours)
 
@@ -224,7 +229,7 @@ def pretrain_trunk(
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
-    data = load_labelled_set(sources, image_size)
+    data = load_labelled_set(sources, image_size, threads)
     model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours))
     log.info(
         "pretraining %s (%s) on %d training images: %d categories, colours %s",
