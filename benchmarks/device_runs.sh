@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks of the pipeline in one call of a lent GPU machine (../shared/device/README.md; carry
 # .whl, made here by ../shared/device/wheels.sh). Each argument is one check, run in order:
-#   bench  lockstep training rate, K = 1, 2, 4, 8 next to the solo steps (benchmarks/bench_train.py)
-#   demo   the CPU demo's DAG on the GPU: snakemake --profile profiles/local results/table1.csv
 #   gpu    the paper's model on one GPU: ... --configfile=config/gpu.yaml results/gpu/table1.csv, then
-#          its qualitative figure (GPU_LIMIT seconds at most for the DAG, default 480)
-# e.g. `bash benchmarks/device_runs.sh bench demo`. Results land in $OUT (default /tmp/device_runs):
-# JSON lines, each DAG's log, tables and per-rule times (its benchmark files) as a .tgz, and a summary.
+#          its qualitative figure
+#   bench  lockstep training rate, K = 1, 2, 4, 8 next to the solo steps (benchmarks/bench_train.py)
+#   cuda   the CUDA tests (pytest -m cuda: graphs vs eager, lockstep members vs solo on CUDA)
+#   demo   the CPU demo's DAG on the GPU: snakemake --profile profiles/local results/table1.csv
+# e.g. `DEADLINE=560 bash benchmarks/device_runs.sh gpu bench`. Each check gets its own limit (LIMIT_<check>
+# seconds), cut so that the whole script ends within DEADLINE seconds (a call's limit) with its results
+# packed. Results land in $OUT (default /tmp/device_runs): JSON lines, each DAG's log, tables and
+# per-rule times (its benchmark files) as a .tgz, and summary.txt.
 # On a CPU machine the same script runs as a smoke test (DEVICE=cpu: small bench; the DAGs as given).
 set -uo pipefail
 OUT=${OUT:-/tmp/device_runs}
@@ -24,14 +27,23 @@ if [[ -f /tmp/site/.installed ]] || ! $PY -c "import snakemake" 2>/dev/null; the
   fi
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 fi
-# DenseCRF's extension is built there from its sdist (about a minute): in the background, while the
-# GPU runs; a DAG waits for it before it starts.
+# DenseCRF's extension is built there from its sdist (about a minute), in the background: the paper-size
+# DAG reaches its first DenseCRF job minutes later; the demo's DAG waits for the build.
 if ! $PY -c "import pydensecrf.densecrf" 2>/dev/null && [[ -d .whl/src ]]; then
   $PY -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/src/pydensecrf2-*.tar.gz \
     >"$OUT/densecrf_build.log" 2>&1 &
   CRF_BUILD=$!
 fi
 nvidia-smi -L 2>/dev/null | tee "$OUT/card.txt"
+
+DEADLINE=${DEADLINE:-590}
+# seconds a check may run: its LIMIT_<check> (or the default given), at most what the deadline leaves
+limit() {
+  local var=LIMIT_$1 left=$((DEADLINE - SECONDS - 15))
+  local want=${!var:-$2}
+  local n=$((want < left ? want : left))
+  echo $((n > 1 ? n : 1)) # timeout 0 would mean no limit
+}
 
 wait_crf() { [[ -n "${CRF_BUILD:-}" ]] && { wait "$CRF_BUILD" || echo "pydensecrf2 build failed"; CRF_BUILD=; }; }
 
@@ -53,7 +65,6 @@ EOF
 dag() {
   local name=$1 results=$2 limit=$3
   shift 3
-  wait_crf
   local t0=$SECONDS
   timeout "$limit" $SNAKEMAKE --profile profiles/local "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
@@ -71,18 +82,24 @@ for check in "$@"; do
     if [[ $DEVICE == cpu ]]; then
       size=(--backbone tiny --size 64 --dims 16 --images 12 --batches 3 --repeats 1 --lockstep-loop-steps 10)
     else
-      size=(--batches 40 --repeats 3 --lockstep-loop-steps 300)
+      size=(--batches 40 --repeats 3 --lockstep-loop-steps 200)
     fi
-    $PY benchmarks/bench_train.py --device "$DEVICE" --cases "" --lockstep 1,2,4,8 "${size[@]}" \
+    timeout "$(limit bench 90)" $PY benchmarks/bench_train.py --device "$DEVICE" --cases "" --lockstep 1,2,4,8 "${size[@]}" \
       --out "$OUT/lockstep.jsonl" >"$OUT/bench.log" 2>&1 || { echo "bench failed"; tail -20 "$OUT/bench.log"; }
     $PY benchmarks/bench_train.py --summarize "$OUT/lockstep.jsonl" | tee -a "$OUT/summary.txt"
     ;;
   demo)
-    dag demo results 300 results/table1.csv
+    wait_crf
+    dag demo results "$(limit demo 300)" results/table1.csv
     ;;
   gpu)
-    dag gpu results/gpu "${GPU_LIMIT:-480}" --configfile=config/gpu.yaml results/gpu/table1.csv
-    dag gpu_figure results/gpu 60 --configfile=config/gpu.yaml results/gpu/figures/shapes/deeplab101/qualitative.png
+    dag gpu results/gpu "$(limit gpu 480)" --configfile=config/gpu.yaml results/gpu/table1.csv
+    dag gpu_figure results/gpu "$(limit gpu_figure 60)" --configfile=config/gpu.yaml \
+      results/gpu/figures/shapes/deeplab101/qualitative.png
+    ;;
+  cuda)
+    timeout "$(limit cuda 90)" $PY -m pytest -q -x -p no:cacheprovider -m cuda tests >"$OUT/cuda_tests.log" 2>&1
+    echo "== cuda tests: rc $?: $(tail -1 "$OUT/cuda_tests.log")" | tee -a "$OUT/summary.txt"
     ;;
   *) echo "unknown check $check (bench | demo | gpu)" >&2 ;;
   esac
