@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# The GPU check of the fast training step (issues 13 and 18), one run on a lent GPU machine:
-#   environment -> CUDA tests (pytest -m cuda) -> lockstep training (issue 18: K = 1, 2, 4, 8 trainings of
+# The GPU checks, one run on a lent GPU machine; stages in this order:
+#   environment -> CUDA tests (pytest -m cuda) -> lockstep training (K = 1, 2, 4, 8 trainings of
 #   the paper's batch-1 setting in one process, next to each fusion alone, step and real loop) ->
 #   bench_train.py: resnet101+RMI and +LSTM at 320, batch 1 eager vs CUDA graphs (fp32 with TF32 off and on,
 #   today's defaults, cached trunk features), batch 8 bf16, the real rmi.train.run loop, predict throughput
-#   by batch size -> summary table (printed last).
+#   by batch size -> summary table -> whole DAGs with profiles/local: gpu-dag (config/gpu.yaml's Table 1,
+#   then its qualitative figure) and demo-dag (the CPU demo's Table 1 on the GPU).
 #
 #   device tool, repo root, carry [".whl"]:  bash benchmarks/device_check.sh
-#   only some stages (e.g. issue 18's):  ONLY="gpu torch cuda-tests lockstep" bash benchmarks/device_check.sh
+#   only some stages:  ONLY="gpu lockstep" bash benchmarks/device_check.sh;  ONLY="gpu-dag demo-dag" ...
 #   dry run on a CPU:  DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/check bash benchmarks/device_check.sh
 #
-# .whl/ holds the wheels the machine lacks (pycocotools for cp312: see the README of the device
-# tool). Writes $OUT/log.txt (everything) and $OUT/bench.jsonl (one JSON line per measurement).
+# .whl/ holds the wheels the machine lacks (../shared/device/wheels.sh: snakemake and its dependencies,
+# pycocotools, the pydensecrf2 sdist). Writes $OUT/log.txt (everything), $OUT/bench.jsonl (one JSON line
+# per measurement) and per DAG $OUT/<dag>.tgz (tables, logs, metrics, benchmark files).
 # Every stage has a time limit and a failing stage does not stop the next; all stages together
-# stop after BUDGET seconds (default 540; issue 13's stages alone took ~4 min on an H100, so a full run
-# may cut the last ones). ONLY names the stages to run, space-separated (wheels always runs).
+# stop after BUDGET seconds (default 540). ONLY names the stages to run, space-separated (wheels always runs).
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/rmi-device-check}
@@ -47,9 +48,33 @@ stage() { # stage NAME SECONDS COMMAND...: run under a time limit (cut to what i
 if ! "$PY" -c "import pycocotools" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
     stage wheels 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# DenseCRF's extension, built there from its sdist (about a minute) in the background: the paper-size DAG
+# reaches its first densecrf job minutes later; the demo's DAG waits for the build.
+if ! "$PY" -c "import pydensecrf.densecrf" 2>/dev/null && compgen -G ".whl/src/pydensecrf2-*" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/src/pydensecrf2-* \
+        >"$OUT/densecrf_build.log" 2>&1 &
+    CRF_BUILD=$!
+fi
+
+dag_report() { # dag_report NAME RESULTS_DIR: Table 1, seconds per rule (its benchmark files), results packed
+    local name=$1 results=$2
+    { cat "$results/table1.md" 2>/dev/null || echo "no $results/table1.md"; } | tee -a "$LOG"
+    "$PY" - "$results" <<'EOF' 2>&1 | tee -a "$LOG"
+import collections, pathlib, sys
+import pandas as pd
+times = collections.defaultdict(list)
+root = pathlib.Path(sys.argv[1]) / "benchmarks"
+for f in sorted(root.rglob("*.tsv")):
+    times[f.relative_to(root).parts[0]].append(float(pd.read_csv(f, sep="\t")["s"].iloc[0]))
+for rule, s in times.items():
+    print(f"{rule:20s} jobs {len(s):3d}  total {sum(s):7.1f} s  max {max(s):6.1f} s")
+EOF
+    tar czf "$OUT/$name.tgz" --exclude='*.pt' --exclude='*.pth' --exclude='*.h5' "$results"/*.csv "$results"/*.md \
+        "$results"/benchmarks "$results"/logs "$results"/metrics "$results"/figures "$results"/models 2>/dev/null
+}
 
 if [[ $DEVICE == cuda ]]; then
     BENCH=(--device cuda --data "$DATA" --out "$JSONL")
@@ -75,5 +100,19 @@ stage train-b8 90 "$PY" benchmarks/bench_train.py "${BENCH[@]}" --fusions rmi,ls
 stage predict 60 "$PY" benchmarks/bench_train.py "${BENCH[@]}" --fusions rmi,lstm --cases "" \
     --predict tf32,bf16 --predict-cap "$PREDICT_CAP"
 stage train-loop 60 "$PY" benchmarks/bench_train.py "${BENCH[@]}" --fusions rmi --cases "" --loop-steps "$LOOP_STEPS"
-echo "=== summary after $((SECONDS - START))s" | tee -a "$LOG"
-"$PY" benchmarks/bench_train.py --summarize "$JSONL" 2>&1 | tee -a "$LOG"
+if [[ -s $JSONL ]]; then
+    echo "=== summary after $((SECONDS - START))s" | tee -a "$LOG"
+    "$PY" benchmarks/bench_train.py --summarize "$JSONL" 2>&1 | tee -a "$LOG"
+fi
+
+if [[ -z $ONLY || " $ONLY " == *" gpu-dag "* ]]; then
+    stage gpu-dag 480 snakemake --profile profiles/local --configfile=config/gpu.yaml results/gpu/table1.csv
+    stage gpu-dag 60 snakemake --profile profiles/local --configfile=config/gpu.yaml \
+        results/gpu/figures/shapes/deeplab101/qualitative.png
+    dag_report gpu results/gpu
+fi
+if [[ -z $ONLY || " $ONLY " == *" demo-dag "* ]]; then
+    [[ -n ${CRF_BUILD:-} ]] && wait "$CRF_BUILD"
+    stage demo-dag 300 snakemake --profile profiles/local results/table1.csv
+    dag_report demo results
+fi

@@ -14,7 +14,8 @@ rule generate_shapes:
     conda:
         "../envs/data.yaml"
     # images are drawn in parallel, each from its own seed: the files do not depend on the threads
-    threads: 2
+    # (Snakemake caps them at --cores; 2 left the paper-size set at 80 s on a 16-core machine)
+    threads: 8
     params:
         generator=lambda wildcards: json.dumps(
             dataset_cfg(wildcards)["generator"], sort_keys=True
