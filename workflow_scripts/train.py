@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rmi.cli.common import run_cli
+from rmi.cli.common import add_training_arguments, run_cli
 from rmi.train import TrainJob, run
 
 
@@ -15,15 +15,8 @@ def main(argv=None):
     p.add_argument(
         "--hparams", required=True, help="JSON: seed, image_size, backbone, fusion, backbone_cfg, model, train"
     )
-    p.add_argument("--weights", default="", help="pretrained backbone weights file ('' = none/torchvision)")
     p.add_argument("--features", default="", help="cached trunk features (.h5, '' = compute the trunk)")
-    p.add_argument("--checkpoint-dir", required=True, type=Path)
-    p.add_argument("--checkpoint-every", required=True, type=int, help="steps between checkpoints")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--workers", type=int, default=None, help="DataLoader worker processes (default: --threads on CUDA, 0 on CPU)"
-    )
-    p.add_argument("--device", default=None, help="cuda | cpu | cuda:1 (default: cuda if available)")
+    add_training_arguments(p)
     p.add_argument("--out-model", required=True, type=Path)
     p.add_argument("--out-log", required=True, type=Path)
     a = p.parse_args(argv)

@@ -2,9 +2,8 @@
 
 import argparse
 import json
-from pathlib import Path
 
-from rmi.cli.common import run_cli
+from rmi.cli.common import add_training_arguments, run_cli
 from rmi.lockstep import LockstepJob, run
 from rmi.train import TrainSpec
 
@@ -16,14 +15,7 @@ def main(argv=None):
         required=True,
         help="JSON list, per training: cache, vocab, features (null: run the trunk), hparams, out_model, out_log",
     )
-    p.add_argument("--weights", default="", help="pretrained backbone weights file ('' = none/torchvision)")
-    p.add_argument("--checkpoint-dir", required=True, type=Path)
-    p.add_argument("--checkpoint-every", required=True, type=int, help="steps between checkpoints")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--workers", type=int, default=None, help="DataLoader worker processes (default: --threads on CUDA, 0 on CPU)"
-    )
-    p.add_argument("--device", default=None, help="cuda | cpu | cuda:1 (default: cuda if available)")
+    add_training_arguments(p)
     a = p.parse_args(argv)
     run(
         LockstepJob(

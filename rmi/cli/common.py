@@ -8,9 +8,11 @@ reports lands there.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from rmi import gpu_slots
 from rmi.errors import InputError
@@ -37,3 +39,16 @@ def run_cli(main: Callable[[list[str] | None], None], gpu: bool = False, level: 
     except InputError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options the training scripts (rules train, train_lockstep) share: trunk weights, checkpoints,
+    threads, DataLoader workers and device."""
+    parser.add_argument("--weights", default="", help="pretrained backbone weights file ('' = none/torchvision)")
+    parser.add_argument("--checkpoint-dir", required=True, type=Path)
+    parser.add_argument("--checkpoint-every", required=True, type=int, help="steps between checkpoints")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader worker processes (default: --threads on CUDA, 0 on CPU)"
+    )
+    parser.add_argument("--device", default=None, help="cuda | cpu | cuda:1 (default: cuda if available)")
