@@ -22,19 +22,17 @@ def job_resources(dry_run: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
+def slurm_dry_run_of_the_paper_grid(workdir, *overlays) -> str:
+    """Snakemake's dry-run output for config/paper.yaml's Table 1 (plus ``overlays``) with profiles/slurm."""
+    paper = REPO / "config" / "paper.yaml"
+    table = f"{yaml.safe_load(paper.read_text())['results_dir']}/table1.csv"
+    profile = str(REPO / "profiles" / "slurm")
+    return snakemake(workdir, "-n", "--profile", profile, table, configfile=[paper, *overlays]).stdout
+
+
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("paper")
-    paper = REPO / "config" / "paper.yaml"
-    out = snakemake(
-        workdir,
-        "-n",
-        "--profile",
-        str(REPO / "profiles" / "slurm"),
-        f"{yaml.safe_load(paper.read_text())['results_dir']}/table1.csv",
-        configfile=paper,
-    ).stdout
-    return out
+    return slurm_dry_run_of_the_paper_grid(tmp_path_factory.mktemp("paper"))
 
 
 def test_gpu_requested_on_exactly_the_gpu_rules(paper_dry_run):
@@ -60,15 +58,7 @@ def test_profiles_are_valid_snakemake_profiles():
 
 def test_lockstep_job_gets_a_gpu_and_the_preemption_signal(tmp_path):
     """With the config/lockstep.yaml overlay the paper grid's two train_lockstep jobs get what train gets."""
-    paper = REPO / "config" / "paper.yaml"
-    out = snakemake(
-        tmp_path,
-        "-n",
-        "--profile",
-        str(REPO / "profiles" / "slurm"),
-        f"{yaml.safe_load(paper.read_text())['results_dir']}/table1.csv",
-        configfile=[paper, REPO / "config" / "lockstep.yaml"],
-    ).stdout
+    out = slurm_dry_run_of_the_paper_grid(tmp_path, REPO / "config" / "lockstep.yaml")
     jobs = [res for rule, res in job_resources(out) if rule == "train_lockstep"]
     assert len(jobs) == 2
     for res in jobs:
