@@ -2,7 +2,8 @@
 
 Needs the SLURM of ``tests/cluster/start_slurm.sh`` (``.ci/run`` starts it and sets
 ``RMI_TEST_SLURM=1``); without that variable the test is skipped. The profile is used as is; only
-the partition, memory, runtime and threads are overridden for this 2-CPU node on the command line.
+the partition, memory, runtime and threads are overridden for this 2-CPU node on the command line,
+and the plugin's status polling is made frequent (the node is idle; a real cluster wants it gentle).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ LOCAL_RULES = {"all", "download", "fetch_weights", "tables"}
 
 def local_overrides() -> list[str]:
     """CLI overrides that fit the profile to the test node: partition ``debug``, small memory and
-    runtime, each rule's own thread count; everything else (``slurm_extra``...) as the profile says."""
+    runtime, one thread per job (two jobs side by side); everything else (``slurm_extra``...) as the profile says."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     resources = []
     for rule, values in profile["set-resources"].items():
@@ -34,7 +35,7 @@ def local_overrides() -> list[str]:
             if isinstance(value, str) and not value.startswith("'"):  # slurm_extra is quoted already
                 value = repr(value)
             resources.append(f"{rule}:{key}={value}")
-    threads = [f"{rule}=2" for rule in profile["set-threads"]]
+    threads = [f"{rule}=1" for rule in profile["set-threads"]]  # two jobs at a time on the 2-CPU node
     return [
         "--profile",
         str(PROFILE),
@@ -49,6 +50,9 @@ def local_overrides() -> list[str]:
         "--slurm-status-command",
         "squeue",  # no accounting database on the test cluster
         "--slurm-keep-successful-logs",  # the plugin deletes the logs of successful jobs by default
+        # the plugin polls 40 s after a job ends by default: about 6 min of waiting for this small DAG
+        "--slurm-init-seconds-before-status-checks",
+        "2",
         "--latency-wait",
         "10",
         "--retries",
