@@ -15,6 +15,13 @@ annotations:
   (multi-label), binary cross-entropy of the first ``K`` outputs of the ResNet's ``fc`` (2048 ->
   1000) on the average-pooled trunk output. The other ``1000 - K`` outputs keep their random
   initialisation; the whole ``fc`` becomes R's trainable visual projection, as ImageNet's fc1000 does.
+  ``pooling="max"`` instead takes, per label, the maximum of ``fc`` over the S/8 x S/8 cells (the
+  weakly supervised localisation of class activation maps): the label must be read off one cell,
+  not the whole image, which makes the features more local.
+
+``task`` and ``pooling`` default to the backbone's (``TASKS``, ``avg``); both can be set per backbone
+(``backbones.<name>.pretrain``), e.g. the demo's ``tiny`` trunk pretrained as R is, which is how
+``benchmarks/bench_pretrain_task.py`` measures what each task leaves the referring model.
 
 Both train with Adam (polynomial decay), random flips and quarter turns (neither changes a shape's
 category or colour), bf16 autocast where the hardware has it natively (``rmi.device.autocast``). The
@@ -58,6 +65,8 @@ log = logging.getLogger(__name__)
 IGNORE = 255
 #: the pretraining task of each backbone
 TASKS = {"tiny": "dense", "deeplab101": "dense", "resnet101": "classify"}
+#: how ``classify`` pools the per-cell label scores into the image's
+POOLINGS = ("avg", "max")
 
 
 @dataclass
@@ -135,12 +144,24 @@ class Pretrainer(nn.Module):
     """A trunk body and the heads of its pretraining task; ``loss(images, targets)`` is the task's loss.
 
     ``body``: ``(B, 3, S, S)`` normalised float -> ``(B, C, S/8, S/8)``. ``dense``: 1x1-conv category and
-    colour heads; ``classify``: ``fc`` (``C -> 1000``, the ResNet's own) on the average-pooled output.
+    colour heads; ``classify``: ``fc`` (``C -> L >= n_labels``, e.g. the ResNet's own) on the average-pooled
+    output (``pooling="avg"``), or its maximum over the cells (``"max"``).
     """
 
-    def __init__(self, body: nn.Module, channels: int, task: str, n_categories: int, n_colours: int, fc=None):
+    def __init__(
+        self,
+        body: nn.Module,
+        channels: int,
+        task: str,
+        n_categories: int,
+        n_colours: int,
+        fc=None,
+        pooling: str = "avg",
+    ):
         super().__init__()
-        self.body, self.task = body, task
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: one of {POOLINGS}")
+        self.body, self.task, self.pooling = body, task, pooling
         if task == "dense":
             self.category = nn.Conv2d(channels, n_categories, 1)
             self.colour = nn.Conv2d(channels, n_colours + 1, 1)
@@ -156,7 +177,11 @@ class Pretrainer(nn.Module):
         features = self.body((images.float() / 255 - self.mean) / self.std)
         if self.task == "dense":
             return self.category(features), self.colour(features)
-        return (self.fc(features.mean((2, 3)))[:, : self.n_labels],)
+        if self.pooling == "avg":
+            return (self.fc(features.mean((2, 3)))[:, : self.n_labels],)
+        n = self.n_labels
+        cells = F.linear(features.permute(0, 2, 3, 1), self.fc.weight[:n], self.fc.bias[:n])  # (B, h, w, n)
+        return (cells.amax((1, 2)),)
 
     def loss(self, logits: tuple[torch.Tensor, ...], targets: list[torch.Tensor]) -> torch.Tensor:
         """The task's loss (dense: summed cross-entropies, ``IGNORE`` left out; classify: binary
@@ -189,16 +214,25 @@ class Pretrainer(nn.Module):
         return body
 
 
-def build_pretrainer(backbone: str, widths, n_categories: int, n_colours: int) -> Pretrainer:
-    """The ``Pretrainer`` of ``backbone`` (``tiny`` with stage ``widths``, ``resnet101``, ``deeplab101``),
-    randomly initialised as ``build_backbone`` builds its trunk."""
-    if backbone == "tiny":
-        widths = tuple(widths or TINY_WIDTHS)
-        return Pretrainer(tiny_body(widths), widths[-1], "dense", n_categories, n_colours)
+def build_pretrainer(
+    backbone: str, widths, n_categories: int, n_colours: int, task: str | None = None, pooling: str = "avg"
+) -> Pretrainer:
+    """The ``Pretrainer`` of ``backbone`` (``tiny`` with stage ``widths``, ``resnet101``, ``deeplab101``) for
+    ``task`` (default: ``TASKS[backbone]``), randomly initialised as ``build_backbone`` builds its trunk.
+    ``classify`` on ``tiny`` gets a new ``fc`` (``widths[-1] -> labels``), dropped with the heads."""
     if backbone not in TASKS:
         raise InputError(f"backbones.{backbone}", f"no pretraining for this backbone ({', '.join(TASKS)})")
+    task = task or TASKS[backbone]
+    if task not in ("dense", "classify"):
+        raise InputError(f"backbones.{backbone}.pretrain.task", f"{task!r}: dense or classify")
+    if pooling not in POOLINGS:
+        raise InputError(f"backbones.{backbone}.pretrain.pooling", f"{pooling!r}: one of {', '.join(POOLINGS)}")
+    if backbone == "tiny":
+        widths = tuple(widths or TINY_WIDTHS)
+        fc = nn.Linear(widths[-1], n_categories - 1 + n_colours) if task == "classify" else None
+        return Pretrainer(tiny_body(widths), widths[-1], task, n_categories, n_colours, fc=fc, pooling=pooling)
     net = dilated_resnet101()
-    return Pretrainer(resnet_trunk(net), RESNET_CHANNELS, TASKS[backbone], n_categories, n_colours, fc=net.fc)
+    return Pretrainer(resnet_trunk(net), RESNET_CHANNELS, task, n_categories, n_colours, fc=net.fc, pooling=pooling)
 
 
 def _targets(model: Pretrainer, arrays: list[np.ndarray], present: np.ndarray, dev) -> list[torch.Tensor]:
@@ -219,22 +253,26 @@ def pretrain_trunk(
     seed: int = 0,
     threads: int = 1,
     device: str | None = None,
+    task: str | None = None,
+    pooling: str = "avg",
 ) -> dict:
-    """Pretrain ``backbone``'s trunk for its task (``TASKS``) on the sources' training images
-    (``load_labelled_set``); write its weights to ``out`` (see the module doc).
+    """Pretrain ``backbone``'s trunk for ``task`` (default: ``TASKS[backbone]``; ``classify`` pools with
+    ``pooling``) on the sources' training images (``load_labelled_set``); write its weights to ``out``
+    (see the module doc).
 
-    Returns ``{"task", "images", "categories", "colours", "loss_start", "loss_end", "accuracy"}``
+    Returns ``{"task", "pooling", "images", "categories", "colours", "loss_start", "loss_end", "accuracy"}``
     (accuracy of the heads on the labelled pixels, or labels, of the last 5% of the steps' batches).
     """
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
     data = load_labelled_set(sources, image_size, threads)
-    model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours))
+    model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours), task, pooling)
     log.info(
-        "pretraining %s (%s) on %d training images: %d categories, colours %s",
+        "pretraining %s (%s%s) on %d training images: %d categories, colours %s",
         backbone,
         model.task,
+        f", {pooling} pooling" if model.task == "classify" else "",
         len(data.images),
         data.n_categories - 1,
         data.colours,
@@ -267,6 +305,7 @@ def pretrain_trunk(
     window = max(1, steps // 20)
     summary = {
         "task": model.task,
+        "pooling": pooling if model.task == "classify" else None,
         "images": len(data.images),
         "categories": data.n_categories - 1,
         "colours": data.colours,

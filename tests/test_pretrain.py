@@ -105,9 +105,10 @@ def test_resnet_pretraining_reads_training_images_only_and_loads_as_r_and_d(gene
         assert trunk(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape == (1, 2048, 4, 4)
 
 
-def test_classification_pretraining_learns(generated, tmp_path):
-    """The image-level task on a small trunk body: the loss falls (``build_pretrainer`` gives R a ResNet-101;
-    the task is the same on any body)."""
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_classification_pretraining_learns(generated, tmp_path, pooling):
+    """The image-level task on a small trunk body, either pooling: the loss falls (``build_pretrainer``
+    gives R a ResNet-101; the task is the same on any body)."""
     from rmi.models.backbones import tiny_body
     from rmi.pretrain import Pretrainer, dihedral
 
@@ -121,6 +122,7 @@ def test_classification_pretraining_learns(generated, tmp_path):
         data.n_categories,
         len(data.colours),
         fc=torch.nn.Linear(WIDTHS[-1], 1000),
+        pooling=pooling,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
@@ -139,3 +141,55 @@ def test_classification_pretraining_learns(generated, tmp_path):
     freq = np.clip(np.where(known, data.present, 0).sum(0) / known.sum(0), 1e-6, 1 - 1e-6)
     prior = -np.mean(np.where(data.present == 1, np.log(freq), np.log(1 - freq))[known])
     assert np.mean(losses[-20:]) < 0.8 * prior, (prior, losses[:5], losses[-5:])
+
+
+def test_pooling_of_the_label_scores():
+    """avg: fc of the mean feature (= the mean of fc over the cells, fc being affine); max: each label's
+    highest cell of fc, computed here as a 1x1 convolution."""
+    from rmi.pretrain import build_pretrainer
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    scores = {}
+    for pooling in ("avg", "max"):
+        torch.manual_seed(1)
+        model = build_pretrainer("tiny", WIDTHS, 8, 8, task="classify", pooling=pooling).eval()
+        with torch.no_grad():
+            (scores[pooling],) = model(images)
+            features = model.body((images.float() / 255 - model.mean) / model.std)
+        weight = model.fc.weight[:, :, None, None]
+        cells = torch.nn.functional.conv2d(features, weight, model.fc.bias)  # (B, labels, h, w)
+        assert scores[pooling].shape == (3, 7 + 8)
+        expected = cells.mean((2, 3)) if pooling == "avg" else cells.amax((2, 3))
+        torch.testing.assert_close(scores[pooling], expected, rtol=1e-5, atol=1e-5)
+    assert (scores["max"] >= scores["avg"] - 1e-6).all() and not torch.allclose(scores["max"], scores["avg"])
+
+
+def test_tiny_trunk_pretrained_as_r_loads_as_its_weights(generated, tmp_path):
+    """task/pooling per backbone: the tiny trunk pretrained on image-level labels (max pooling) writes the
+    tiny trunk's weights, its fc dropped; unknown tasks and poolings are named."""
+    from rmi.pretrain import build_pretrainer
+
+    root, _ = generated
+    out = tmp_path / "tiny_r.pth"
+    summary = pretrain_trunk(
+        "tiny",
+        [source(root)],
+        out,
+        image_size=32,
+        steps=3,
+        batch_size=4,
+        lr=1e-3,
+        widths=WIDTHS,
+        task="classify",
+        pooling="max",
+    )
+    assert (summary["task"], summary["pooling"]) == ("classify", "max") and np.isfinite(summary["loss_end"])
+    cfg = {"pretrained": True, "freeze_trunk": True, "weights_path": None, "widths": list(WIDTHS)}
+    trunk, _ = build_backbone("tiny", 16, cfg, str(out))
+    state = torch.load(out, weights_only=True)
+    assert set(state) == set(trunk.body.state_dict())
+    with pytest.raises(InputError, match="pretrain.task"):
+        build_pretrainer("tiny", WIDTHS, 8, 8, task="detect")
+    with pytest.raises(InputError, match="pretrain.pooling"):
+        build_pretrainer("resnet101", None, 8, 8, pooling="lse")

@@ -16,7 +16,11 @@ def main(argv=None):
     p.add_argument("--sources", required=True, help='JSON list of {"refer_dir", "split_by", "image_dir", "split"}')
     p.add_argument("--widths", default="null", help="JSON: the tiny trunk's three stage widths (null: the default)")
     p.add_argument("--image-size", required=True, type=int, help="S: images are resized and padded to S x S")
-    p.add_argument("--params", required=True, help='JSON: {"steps", "batch_size", "lr"} (backbones.<name>.pretrain)')
+    p.add_argument(
+        "--params",
+        required=True,
+        help='JSON: {"steps", "batch_size", "lr"[, "task", "pooling"]} (backbones.<name>.pretrain)',
+    )
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--threads", required=True, type=int)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
@@ -35,6 +39,8 @@ def main(argv=None):
         seed=a.seed,
         threads=a.threads,
         device=a.device,
+        task=params.get("task"),
+        pooling=params.get("pooling", "avg"),
     )
 
 
