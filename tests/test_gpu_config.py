@@ -54,7 +54,8 @@ def test_gpu_config_whole_dag_on_the_cpu(tmp_path):
     assert list(table.index) == [f"{b}+{f}{c}" for b in "RD" for c in ("", "+DCRF") for f in ("LSTM", "RMI")]
     assert table["shapes val"].between(0, 100).all()
     for backbone, task in (("resnet101", "classify"), ("deeplab101", "dense")):
-        assert f"({task})" in (res / "logs" / "pretrain_backbone" / f"{backbone}.log").read_text()
+        log = (res / "logs" / "pretrain_backbone" / f"{backbone}.log").read_text()
+        assert f"({task}" in log and ("avg pooling" in log) == (task == "classify")
         state = torch.load(res / "weights" / f"{backbone}.pth", weights_only=True)
         assert ("fc.weight" in state) == (backbone == "resnet101")
         assert any(k.startswith("backbone.layer4.") for k in state) == (backbone == "deeplab101")
