@@ -22,7 +22,6 @@ import json
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,9 +65,10 @@ def main():
     work = ROOT / a.work
     snakemake = Path(sys.executable).with_name("snakemake")
     target = work / "metrics" / "shapes" / "tiny_rmi" / "val.json"
+    work.mkdir(parents=True, exist_ok=True)
     for variant in a.variants:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(variant_config(base, variant, a.work), f)
+        configfile = work / f"config_{variant.replace(':', '_')}.yaml"  # kept beside the run it made
+        configfile.write_text(yaml.safe_dump(variant_config(base, variant, a.work)))
         start = time.perf_counter()
         subprocess.run(
             [
@@ -76,7 +76,7 @@ def main():
                 str(target.relative_to(ROOT)),
                 "--cores",
                 str(a.cores),
-                f"--configfile={f.name}",
+                f"--configfile={configfile}",
                 "--quiet",
                 "rules",
             ],
@@ -84,7 +84,6 @@ def main():
             check=True,
         )
         seconds = time.perf_counter() - start
-        Path(f.name).unlink()
         metrics = json.loads(target.read_text())
         row = {
             "bench": "pretrain_task",
