@@ -46,15 +46,22 @@ class CRFParams:
 
 def refine(prob: np.ndarray, image: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
     """``prob (S, S)`` foreground probability and ``image (S, S, 3) uint8`` -> ``(S, S) bool`` mask."""
+    return refine_image(prob[None], image, params)[0]
+
+
+def refine_image(probs: np.ndarray, image: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
+    """``probs (K, S, S)``, the foreground probabilities of K expressions of one ``image (S, S, 3) uint8``
+    -> ``(K, S, S) bool`` masks, each what ``refine`` gives alone.
+
+    The two kernels depend on the image only, so they are built once (the bilateral lattice is half of
+    a mask's time); each expression's unary then replaces the last, and ``inference`` starts from it.
+    """
     import pydensecrf.densecrf as dcrf
 
-    h, w = prob.shape
+    k, h, w = probs.shape
     if image.shape != (h, w, 3) or image.dtype != np.uint8:
         raise ValueError(f"image must be ({h}, {w}, 3) uint8, got {image.shape} {image.dtype}")
-    p = np.clip(prob.astype(np.float64), params.clip, 1.0 - params.clip)
-    unary = np.ascontiguousarray(np.stack([-np.log(1.0 - p), -np.log(p)]).reshape(2, -1), dtype=np.float32)
     crf = dcrf.DenseCRF2D(w, h, 2)
-    crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy,
@@ -62,8 +69,13 @@ def refine(prob: np.ndarray, image: np.ndarray, params: CRFParams = CRFParams())
         rgbim=np.ascontiguousarray(image),
         compat=params.bilateral_compat,
     )
-    q = np.asarray(crf.inference(int(params.iterations)), np.float32).reshape(2, h, w)
-    return q[1] > q[0]
+    masks = np.empty((k, h, w), bool)
+    for j, prob in enumerate(probs):
+        p = np.clip(prob.astype(np.float64), params.clip, 1.0 - params.clip)
+        crf.setUnaryEnergy(np.ascontiguousarray(np.stack([-np.log(1.0 - p), -np.log(p)]).reshape(2, -1), np.float32))
+        q = np.asarray(crf.inference(int(params.iterations)), np.float32).reshape(2, h, w)
+        masks[j] = q[1] > q[0]
+    return masks
 
 
 _worker: dict = {}
@@ -74,9 +86,29 @@ def _init_worker(pred_path: str, cache_path: str, params: CRFParams) -> None:
 
 
 def _refine_rows(rows: range) -> np.ndarray:
-    """CRF masks ``(len(rows), S, S) bool`` of prediction rows (in a worker or in-process)."""
+    """CRF masks ``(len(rows), S, S) bool`` of prediction rows (in a worker or in-process), one
+    ``refine_image`` per run of rows on the same image."""
     pred, cache, params = _worker["pred"], _worker["cache"], _worker["params"]
-    return np.stack([refine(pred.padded_probability(i), cache.image(int(cache.image_index[i])), params) for i in rows])
+    images = cache.image_index[rows.start : rows.stop]
+    starts = [0, *np.flatnonzero(images[1:] != images[:-1]) + 1, len(rows)]
+    return np.concatenate(
+        [
+            refine_image(np.stack([pred.padded_probability(i) for i in rows[a:b]]), cache.image(int(images[a])), params)
+            for a, b in zip(starts[:-1], starts[1:], strict=True)
+        ]
+    )
+
+
+def _chunks(image_index: np.ndarray, size: int) -> list[range]:
+    """The rows ``0..N-1`` in consecutive ranges of at least ``size`` (but the last), cut only where
+    ``image_index (N,)`` changes: an image's expressions share one ``refine_image``."""
+    cuts = [*(np.flatnonzero(image_index[1:] != image_index[:-1]) + 1), len(image_index)]
+    chunks, start = [], 0
+    for cut in cuts:
+        if cut > start and (cut - start >= size or cut == len(image_index)):
+            chunks.append(range(start, int(cut)))
+            start = int(cut)
+    return chunks
 
 
 def refine_file(
@@ -89,7 +121,7 @@ def refine_file(
 ) -> None:
     """CRF every expression of a ``logits`` prediction file; write a ``mask`` prediction file.
 
-    ``threads`` worker processes each take ``chunk`` expressions at a time (1: in-process).
+    ``threads`` worker processes each take about ``chunk`` expressions, whole images, at a time (1: in-process).
     """
     with PredictionReader(pred_path) as pred:
         n, size, sent_id, orig_hw, attrs = len(pred), pred.image_size, pred.sent_id, pred.orig_hw, pred.attrs
@@ -99,7 +131,7 @@ def refine_file(
     if not np.array_equal(cache.sent_id, sent_id):
         raise InputError(pred_path, f"its sent_ids do not match those of {cache_path} (stale prediction?)")
     masks = np.zeros((n, size, size), bool)
-    chunks = [range(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    chunks = _chunks(cache.image_index, chunk)
     log.info("DenseCRF on %d expressions of %s with %d process(es)", n, pred_path, threads)
     with tqdm(total=n, unit="mask", disable=None, mininterval=2.0) as bar:
         if threads <= 1:

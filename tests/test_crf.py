@@ -1,4 +1,5 @@
-"""DenseCRF: the official parameters, better than the thresholded unary, pool == in-process."""
+"""DenseCRF: the official parameters, better than the thresholded unary, one CRF per image == one per
+expression, pool == in-process."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pydensecrf.utils import unary_from_softmax
 from scipy.ndimage import gaussian_filter
 
 from builders import make_records
-from rmi.crf import CRFParams, refine, refine_file
+from rmi.crf import CRFParams, _chunks, refine, refine_file, refine_image
 from rmi.data.cache import CacheReader, build_cache
 from rmi.prediction_file import PredictionReader, write_predictions
 from rmi.text import Vocab
@@ -44,6 +45,24 @@ def test_refine_equals_pydensecrf_with_official_parameters(rng):
     crf.addPairwiseBilateral(sxy=20, srgb=3, rgbim=image, compat=10)
     expected = np.argmax(np.array(crf.inference(5)).reshape(2, S, S), axis=0) == 1
     assert np.array_equal(refine(prob, image, CRFParams()), expected)
+
+
+def test_one_crf_per_image_equals_a_fresh_crf_per_expression(rng):
+    """The kernels built once, then each unary in turn, in either order: the masks of fresh CRFs."""
+    image, prob, _ = synthetic(rng)
+    probs = np.stack([prob, 1 - prob, np.roll(prob, 20, axis=0), np.full((S, S), 0.4)])
+    expected = np.stack([refine(p, image) for p in probs])
+    assert len({m.tobytes() for m in expected}) == 4  # four different masks
+    assert np.array_equal(refine_image(probs, image), expected)
+    assert np.array_equal(refine_image(probs[::-1], image), expected[::-1])
+
+
+def test_chunks_keep_an_images_expressions_together():
+    image_index = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 4])
+    chunks = _chunks(image_index, 3)
+    assert chunks == [range(0, 3), range(3, 6), range(6, 10), range(10, 11)]
+    assert _chunks(image_index, 100) == [range(0, 11)]
+    assert _chunks(np.zeros(0, int), 3) == []
 
 
 def test_probabilities_of_0_and_1_are_clipped(rng):
