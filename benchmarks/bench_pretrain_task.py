@@ -1,8 +1,9 @@
 """What each trunk-pretraining task leaves the referring model: the demo's pipeline with its ``tiny``
 trunk pretrained as D is (``dense``), or as R is (``classify``: image-level labels, average or max
-pooling), then frozen; T+RMI's overall IoU on ``shapes`` val for each.
+pooling), or on object-centric crops (``objects``: each object's category and colour, as ImageNet's
+photos of one object each), then frozen; T+RMI's overall IoU on ``shapes`` val for each.
 
-    .venv/bin/python benchmarks/bench_pretrain_task.py [--variants dense classify:avg classify:max] \\
+    .venv/bin/python benchmarks/bench_pretrain_task.py [--variants dense classify:avg classify:max objects] \\
         [--cores 2] [--work results_bench/pretrain_task] [--out benchmarks/results/pretrain_task_cpu.jsonl]
 
 R (``resnet101`` in ``config/gpu.yaml``) is pretrained on image-level labels and scores far below D
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def variant_config(base: dict, variant: str, work: str) -> dict:
     """``config/config.yaml`` with the tiny trunk's pretraining task (and pooling) of ``variant``
-    (``dense``, ``classify:avg``, ``classify:max``) and every output under ``work``."""
+    (``dense``, ``classify:avg``, ``classify:max``, ``objects``) and every output under ``work``."""
     task, _, pooling = variant.partition(":")
     pretrain = {**base["backbones"]["tiny"]["pretrain"], "task": task}
     if pooling:
@@ -56,7 +57,7 @@ def cpu_name() -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["dense", "classify:avg", "classify:max"])
+    p.add_argument("--variants", nargs="+", default=["dense", "classify:avg", "classify:max", "objects"])
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--work", default="results_bench/pretrain_task", help="results_dir of the runs (relative)")
     p.add_argument("--out", type=Path, default=None, help="append the JSON lines to this file")

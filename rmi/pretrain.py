@@ -11,6 +11,11 @@ annotations:
   of two 1x1-conv heads on the trunk output ``(B, C, S/8, S/8)`` against the labels at the cell grid
   (``label[8i, 8j]``, as the referring target is sampled). Crowd regions and, on grey images, the
   colour are ignored.
+* ``objects`` (an object-centric analogue of ImageNet, whose photos mostly show one object each):
+  a square crop around each object (1.5 times its box, ``object_crops``), resized to
+  ``object_size``; cross-entropy of its category and of its colour, read by ``fc`` off the
+  average-pooled trunk output (the first ``K`` outputs: categories, then colours). Not the default
+  of any backbone: ``benchmarks/bench_pretrain_task.py`` measures it against the two others.
 * ``classify`` (R, the ImageNet analogue): which categories and colours appear in the image
   (multi-label), binary cross-entropy of the first ``K`` outputs of the ResNet's ``fc`` (2048 ->
   1000) on the average-pooled trunk output. The other ``1000 - K`` outputs keep their random
@@ -43,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from rmi.data.cache import load_image
@@ -65,6 +71,8 @@ log = logging.getLogger(__name__)
 IGNORE = 255
 #: the pretraining task of each backbone
 TASKS = {"tiny": "dense", "deeplab101": "dense", "resnet101": "classify"}
+#: every pretraining task (``TASKS``: each backbone's default)
+ALL_TASKS = ("dense", "classify", "objects")
 #: how ``classify`` pools the per-cell label scores into the image's
 POOLINGS = ("avg", "max")
 
@@ -77,7 +85,9 @@ class LabelledSet:
     and ``colour (N, S, S) uint8`` (0 background, 1.. = ``colours`` order, ``IGNORE``); per image
     ``present (N, n_categories + len(colours)) float32``: 1 where a category (``category_id - 1``) or a
     colour (after the categories) appears in the image, ``-1`` for every colour of a grey image
-    (unknown: not learned).
+    (unknown: not learned); per visible non-crowd object ``objects (M, 7) int64``: its image, its box
+    ``y0, x0, y1, x1`` (S x S pixels, end exclusive), its category (``category_id - 1``) and its colour
+    (``colours`` order, ``IGNORE`` on grey images).
     """
 
     images: np.ndarray
@@ -85,6 +95,7 @@ class LabelledSet:
     colour: np.ndarray
     present: np.ndarray
     colours: list[str]
+    objects: np.ndarray
 
     @property
     def n_categories(self) -> int:
@@ -93,13 +104,14 @@ class LabelledSet:
 
 
 def _labels(item: ImageObjects, size: int, colours: list[str], n_categories: int):
-    """One image's padded RGB, its category/colour label maps (later annotations paint over earlier)
-    and its image-level labels (see ``LabelledSet.present``)."""
+    """One image's padded RGB, its category/colour label maps (later annotations paint over earlier),
+    its image-level labels and its objects' rows but the image (see ``LabelledSet``)."""
     image = load_image(item.image_path)
     grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
     category = np.zeros((size, size), np.uint8)
     colour = np.zeros((size, size), np.uint8)
     present = np.zeros(n_categories + len(colours), np.float32)
+    objects = []
     for category_id, attributes, mask_source, crowd in item.objects:
         mask = resize_and_pad_mask(mask_source.decode(), size)
         name = attributes.get("colour")
@@ -108,11 +120,15 @@ def _labels(item: ImageObjects, size: int, colours: list[str], n_categories: int
         colour[mask] = colours.index(name) + 1 if known else IGNORE
         if not crowd:
             present[category_id - 1] = 1
+        if not crowd and mask.any():
+            ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            label = colours.index(name) if known else IGNORE
+            objects.append([ys[0], xs[0], ys[-1] + 1, xs[-1] + 1, category_id - 1, label])
         if known:
             present[n_categories + colours.index(name)] = 1
     if grey:
         present[n_categories:] = -1
-    return resize_and_pad_image(image, size), category, colour, present
+    return resize_and_pad_image(image, size), category, colour, present, np.array(objects, np.int64).reshape(-1, 6)
 
 
 def load_labelled_set(sources: list[dict], size: int, threads: int = 1) -> LabelledSet:
@@ -129,8 +145,23 @@ def load_labelled_set(sources: list[dict], size: int, threads: int = 1) -> Label
     label = partial(_labels, size=size, colours=colours, n_categories=n_categories)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         rows = list(tqdm(pool.map(label, items), total=len(items), disable=None))
-    images, category, colour, present = (np.stack(a) for a in zip(*rows, strict=True))
-    return LabelledSet(images, category, colour, present, colours)
+    images, category, colour, present = (np.stack(a) for a in list(zip(*rows, strict=True))[:4])
+    objects = np.concatenate([np.insert(row[4], 0, k, axis=1) for k, row in enumerate(rows)])
+    return LabelledSet(images, category, colour, present, colours, objects)
+
+
+def object_crops(data: LabelledSet, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``objects`` task's samples: per row of ``data.objects``, the square of side ``round(1.5 x``
+    its box's longer side``)`` (at least 8 pixels) centred on the box, black beyond the image, resized
+    (bilinear) to ``size x size`` -> ``crops (M, size, size, 3) uint8`` and ``labels (M, 2) int64``
+    (category, colour)."""
+    crops = np.empty((len(data.objects), size, size, 3), np.uint8)
+    for j, (k, y0, x0, y1, x1, *_) in enumerate(data.objects):
+        side = max(8, round(1.5 * max(y1 - y0, x1 - x0)))
+        top, left = (y0 + y1 - side) // 2, (x0 + x1 - side) // 2
+        square = Image.fromarray(data.images[k]).crop((left, top, left + side, top + side))  # black outside
+        crops[j] = np.asarray(square.resize((size, size), Image.Resampling.BILINEAR))
+    return crops, data.objects[:, 5:7].copy()
 
 
 def dihedral(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
@@ -145,7 +176,9 @@ class Pretrainer(nn.Module):
 
     ``body``: ``(B, 3, S, S)`` normalised float -> ``(B, C, S/8, S/8)``. ``dense``: 1x1-conv category and
     colour heads; ``classify``: ``fc`` (``C -> L >= n_labels``, e.g. the ResNet's own) on the average-pooled
-    output (``pooling="avg"``), or its maximum over the cells (``"max"``).
+    output (``pooling="avg"``), or its maximum over the cells (``"max"``); ``objects``: ``fc`` on the
+    average-pooled output, its first ``n_categories - 1`` outputs the category, the next ``n_colours``
+    the colour.
     """
 
     def __init__(
@@ -167,16 +200,21 @@ class Pretrainer(nn.Module):
             self.colour = nn.Conv2d(channels, n_colours + 1, 1)
         else:
             self.fc = fc
+            self.n_category_labels = n_categories - 1
             self.n_labels = n_categories - 1 + n_colours
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, 3, S, S) uint8`` -> dense: category ``(B, K, S/8, S/8)`` and colour ``(B, C + 1, S/8, S/8)``
-        logits; classify: ``(B, n_labels)`` logits of the image-level labels."""
+        logits; classify: ``(B, n_labels)`` logits of the image-level labels; objects: category
+        ``(B, n_categories - 1)`` and colour ``(B, n_colours)`` logits."""
         features = self.body((images.float() / 255 - self.mean) / self.std)
         if self.task == "dense":
             return self.category(features), self.colour(features)
+        if self.task == "objects":
+            logits = self.fc(features.mean((2, 3)))
+            return logits[:, : self.n_category_labels], logits[:, self.n_category_labels : self.n_labels]
         if self.pooling == "avg":
             return (self.fc(features.mean((2, 3)))[:, : self.n_labels],)
         n = self.n_labels
@@ -184,9 +222,9 @@ class Pretrainer(nn.Module):
         return (cells.amax((1, 2)),)
 
     def loss(self, logits: tuple[torch.Tensor, ...], targets: list[torch.Tensor]) -> torch.Tensor:
-        """The task's loss (dense: summed cross-entropies, ``IGNORE`` left out; classify: binary
+        """The task's loss (dense, objects: summed cross-entropies, ``IGNORE`` left out; classify: binary
         cross-entropy over the known labels) in float32."""
-        if self.task == "dense":
+        if self.task in ("dense", "objects"):
             return sum(
                 F.cross_entropy(lg.float(), tg, ignore_index=IGNORE) for lg, tg in zip(logits, targets, strict=True)
             )
@@ -195,8 +233,9 @@ class Pretrainer(nn.Module):
         return F.binary_cross_entropy_with_logits(logits[0].float()[known], present[known])
 
     def correct(self, logits: tuple[torch.Tensor, ...], targets: list[torch.Tensor]) -> tuple[int, int]:
-        """``(right, labelled)``: argmax right on labelled pixels (dense) or sign right on known labels."""
-        if self.task == "dense":
+        """``(right, labelled)``: argmax right on labelled pixels (dense) or objects, or sign right on
+        known labels (classify)."""
+        if self.task in ("dense", "objects"):
             keep = [tg != IGNORE for tg in targets]
             right = sum(int((lg.argmax(1)[k] == tg[k]).sum()) for lg, tg, k in zip(logits, targets, keep, strict=True))
             return right, sum(int(k.sum()) for k in keep)
@@ -219,25 +258,38 @@ def build_pretrainer(
 ) -> Pretrainer:
     """The ``Pretrainer`` of ``backbone`` (``tiny`` with stage ``widths``, ``resnet101``, ``deeplab101``) for
     ``task`` (default: ``TASKS[backbone]``), randomly initialised as ``build_backbone`` builds its trunk.
-    ``classify`` on ``tiny`` gets a new ``fc`` (``widths[-1] -> labels``), dropped with the heads."""
+    ``classify`` and ``objects`` on ``tiny`` get a new ``fc`` (``widths[-1] -> labels``), dropped with the heads."""
     if backbone not in TASKS:
         raise InputError(f"backbones.{backbone}", f"no pretraining for this backbone ({', '.join(TASKS)})")
     task = task or TASKS[backbone]
-    if task not in ("dense", "classify"):
-        raise InputError(f"backbones.{backbone}.pretrain.task", f"{task!r}: dense or classify")
+    if task not in ALL_TASKS:
+        raise InputError(f"backbones.{backbone}.pretrain.task", f"{task!r}: one of {', '.join(ALL_TASKS)}")
     if pooling not in POOLINGS:
         raise InputError(f"backbones.{backbone}.pretrain.pooling", f"{pooling!r}: one of {', '.join(POOLINGS)}")
     if backbone == "tiny":
         widths = tuple(widths or TINY_WIDTHS)
-        fc = nn.Linear(widths[-1], n_categories - 1 + n_colours) if task == "classify" else None
+        fc = nn.Linear(widths[-1], n_categories - 1 + n_colours) if task != "dense" else None
         return Pretrainer(tiny_body(widths), widths[-1], task, n_categories, n_colours, fc=fc, pooling=pooling)
     net = dilated_resnet101()
     return Pretrainer(resnet_trunk(net), RESNET_CHANNELS, task, n_categories, n_colours, fc=net.fc, pooling=pooling)
 
 
-def _targets(model: Pretrainer, arrays: list[np.ndarray], present: np.ndarray, dev) -> list[torch.Tensor]:
-    if model.task == "classify":
-        return [torch.from_numpy(present).to(dev)]
+def _samples(data: LabelledSet, task: str, object_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """What a step draws from: ``arrays`` (images first; dense: with their label maps) and per-sample
+    labels (classify: ``present``; objects: the crops' ``(category, colour)``; dense: unused)."""
+    if task == "objects":
+        crops, labels = object_crops(data, object_size)
+        return [crops], labels
+    return [data.images, data.category, data.colour], data.present
+
+
+def _targets(task: str, arrays: list[np.ndarray], labels: np.ndarray, dev) -> list[torch.Tensor]:
+    """The loss targets of a batch: classify ``[present (B, L)]``; objects ``[category (B,), colour (B,)]``;
+    dense the label maps at the cell grid ``[(B, S/8, S/8)] * 2``."""
+    if task == "classify":
+        return [torch.from_numpy(labels).to(dev)]
+    if task == "objects":
+        return [torch.from_numpy(np.ascontiguousarray(c)).to(dev) for c in labels.T]
     return [torch.from_numpy(np.ascontiguousarray(cell_grid(a))).long().to(dev) for a in arrays[1:]]
 
 
@@ -255,9 +307,11 @@ def pretrain_trunk(
     device: str | None = None,
     task: str | None = None,
     pooling: str = "avg",
+    object_size: int | None = None,
 ) -> dict:
     """Pretrain ``backbone``'s trunk for ``task`` (default: ``TASKS[backbone]``; ``classify`` pools with
-    ``pooling``) on the sources' training images (``load_labelled_set``); write its weights to ``out``
+    ``pooling``; ``objects`` crops to ``object_size``, default half of ``image_size`` rounded down to a
+    multiple of 8) on the sources' training images (``load_labelled_set``); write its weights to ``out``
     (see the module doc).
 
     Returns ``{"task", "pooling", "images", "categories", "colours", "loss_start", "loss_end", "accuracy"}``
@@ -268,11 +322,14 @@ def pretrain_trunk(
     dev = select_device(device)
     data = load_labelled_set(sources, image_size, threads)
     model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours), task, pooling)
+    object_size = object_size or max(8, image_size // 2 // 8 * 8)
+    arrays_all, labels_all = _samples(data, model.task, object_size)
+    detail = {"classify": f", {pooling} pooling", "objects": f", {len(labels_all)} crops of {object_size} px"}
     log.info(
         "pretraining %s (%s%s) on %d training images: %d categories, colours %s",
         backbone,
         model.task,
-        f", {pooling} pooling" if model.task == "classify" else "",
+        detail.get(model.task, ""),
         len(data.images),
         data.n_categories - 1,
         data.colours,
@@ -283,10 +340,10 @@ def pretrain_trunk(
     rng = np.random.default_rng(seed)
     losses, right, labelled = [], 0, 0
     for step in tqdm(range(steps), disable=None, mininterval=5):
-        idx = rng.choice(len(data.images), size=min(batch_size, len(data.images)), replace=False)
-        arrays = dihedral([a[idx] for a in (data.images, data.category, data.colour)], int(rng.integers(8)))
+        idx = rng.choice(len(arrays_all[0]), size=min(batch_size, len(arrays_all[0])), replace=False)
+        arrays = dihedral([a[idx] for a in arrays_all], int(rng.integers(8)))
         images = torch.from_numpy(np.ascontiguousarray(arrays[0])).permute(0, 3, 1, 2).to(dev)  # channels-last
-        targets = _targets(model, arrays, data.present[idx], dev)
+        targets = _targets(model.task, arrays, labels_all[idx], dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=native_bf16(dev)):
             logits = model(images)
         loss = model.loss(logits, targets)
@@ -307,6 +364,7 @@ def pretrain_trunk(
         "task": model.task,
         "pooling": pooling if model.task == "classify" else None,
         "images": len(data.images),
+        **({"crops": len(labels_all), "object_size": object_size} if model.task == "objects" else {}),
         "categories": data.n_categories - 1,
         "colours": data.colours,
         "loss_start": round(float(np.mean(losses[:window])), 4),

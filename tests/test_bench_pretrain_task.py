@@ -19,7 +19,11 @@ BASE = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 @pytest.mark.parametrize(
     "variant, expected",
-    [("dense", {"task": "dense"}), ("classify:avg", {"task": "classify", "pooling": "avg"})],
+    [
+        ("dense", {"task": "dense"}),
+        ("classify:avg", {"task": "classify", "pooling": "avg"}),
+        ("objects", {"task": "objects"}),
+    ],
 )
 def test_variant_reaches_the_pretraining_rule(tmp_path, variant, expected):
     configfile = tmp_path / "variant.yaml"

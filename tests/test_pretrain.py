@@ -14,7 +14,7 @@ from rmi.data.refer import coco_file_name
 from rmi.data.shapes import generate
 from rmi.errors import InputError
 from rmi.models.backbones import build_backbone
-from rmi.pretrain import load_labelled_set, pretrain_trunk
+from rmi.pretrain import IGNORE, load_labelled_set, pretrain_trunk
 
 WIDTHS = (8, 8, 16)
 
@@ -193,3 +193,72 @@ def test_tiny_trunk_pretrained_as_r_loads_as_its_weights(generated, tmp_path):
         build_pretrainer("tiny", WIDTHS, 8, 8, task="detect")
     with pytest.raises(InputError, match="pretrain.pooling"):
         build_pretrainer("resnet101", None, 8, 8, pooling="lse")
+
+
+def test_objects_are_the_visible_shapes_of_the_label_maps(generated):
+    """``objects`` rows: the box of each visible non-crowd object, its category and colour painted
+    inside it, every object of the image counted; grey images leave the colour unknown."""
+    root, _ = generated
+    data = load_labelled_set([source(root)], 48)
+    assert data.objects.shape[1] == 7 and len(data.objects) >= 2 * len(data.images)
+    for k, y0, x0, y1, x1, category, colour in data.objects:
+        assert 0 <= y0 < y1 <= 48 and 0 <= x0 < x1 <= 48
+        box = (slice(y0, y1), slice(x0, x1))
+        assert category + 1 in data.category[k][box]
+        assert (colour == IGNORE) == bool((data.present[k, 7:] == -1).all())
+        if colour != IGNORE:
+            assert colour + 1 in data.colour[k][box]
+    for k in range(len(data.images)):
+        painted = set(np.unique(data.category[k])) - {0, IGNORE}
+        assert {c + 1 for c in data.objects[data.objects[:, 0] == k, 5]} == painted
+
+
+def test_object_crops_centre_the_object_at_two_thirds_of_the_crop():
+    """A 12 x 12 white square in a black image: its crop (18 px around it, 24 px out) holds it in the
+    middle 16 x 16 pixels. A box at the image's top right corner (a white band there): the crop reads
+    black beyond the image, white inside it."""
+    from rmi.pretrain import LabelledSet, object_crops
+
+    images = np.zeros((1, 48, 48, 3), np.uint8)
+    images[0, 10:22, 20:32] = 255
+    images[0, :, 40:] = 255
+    objects = np.array([[0, 10, 20, 22, 32, 3, 5], [0, 0, 40, 12, 48, 1, IGNORE]])
+    data = LabelledSet(images, images[..., 0], images[..., 0], np.zeros((1, 15), np.float32), ["a"], objects)
+    crops, labels = object_crops(data, 24)
+    assert crops.shape == (2, 24, 24, 3) and labels.tolist() == [[3, 5], [1, IGNORE]]
+    white = crops[0, ..., 0] > 127
+    assert white[5:19, 5:19].all() and not white[:3].any() and not white[-3:].any()
+    assert 15**2 <= white.sum() <= 17**2
+    corner = crops[1, ..., 0] > 127  # rows -3..15, columns 35..53 of the image
+    assert not corner[:3].any() and not corner[:, -5:].any() and not corner[:, :5].any()
+    assert corner[5:, 8:16].all()
+
+
+def test_objects_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path):
+    """The object-crop task: the loss falls below what the label frequencies alone give, and the
+    trunk's weights load as the tiny trunk's (the fc dropped)."""
+    root, _ = generated
+    out = tmp_path / "tiny_objects.pth"
+    summary = pretrain_trunk(
+        "tiny",
+        [source(root)],
+        out,
+        image_size=48,
+        steps=250,
+        batch_size=8,
+        lr=1e-2,
+        widths=WIDTHS,
+        threads=2,
+        task="objects",
+        object_size=24,
+    )
+    assert summary["task"] == "objects" and summary["object_size"] == 24 and summary["crops"] >= 48, summary
+    labels = load_labelled_set([source(root)], 48).objects[:, 5:]
+    prior = 0.0  # cross-entropy of predicting each label's frequencies
+    for column in labels.T:
+        freq = np.bincount(column[column != IGNORE]) / np.count_nonzero(column != IGNORE)
+        prior -= float((freq[freq > 0] * np.log(freq[freq > 0])).sum())
+    assert summary["loss_end"] < 0.75 * prior, (prior, summary)
+    cfg = {"pretrained": True, "freeze_trunk": True, "weights_path": None, "widths": list(WIDTHS)}
+    trunk, _ = build_backbone("tiny", 16, cfg, str(out))
+    assert set(torch.load(out, weights_only=True)) == set(trunk.body.state_dict())

@@ -10,16 +10,14 @@ from rmi.pretrain import TASKS, pretrain_trunk
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument(
-        "--backbone", required=True, choices=sorted(TASKS), help="tiny / deeplab101: dense; resnet101: classify"
-    )
+    p.add_argument("--backbone", required=True, choices=sorted(TASKS), help="its default task: TASKS")
     p.add_argument("--sources", required=True, help='JSON list of {"refer_dir", "split_by", "image_dir", "split"}')
     p.add_argument("--widths", default="null", help="JSON: the tiny trunk's three stage widths (null: the default)")
     p.add_argument("--image-size", required=True, type=int, help="S: images are resized and padded to S x S")
     p.add_argument(
         "--params",
         required=True,
-        help='JSON: {"steps", "batch_size", "lr"[, "task", "pooling"]} (backbones.<name>.pretrain)',
+        help='JSON: {"steps", "batch_size", "lr"[, "task", "pooling", "object_size"]} (backbones.<name>.pretrain)',
     )
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--threads", required=True, type=int)
@@ -41,6 +39,7 @@ def main(argv=None):
         device=a.device,
         task=params.get("task"),
         pooling=params.get("pooling", "avg"),
+        object_size=params.get("object_size"),
     )
 
 
