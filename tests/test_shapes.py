@@ -170,3 +170,37 @@ def test_cli_replaces_output_atomically(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not (out / "stale.txt").exists() and (out / "instances.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]  # no temp dir left
+
+
+def test_touching_objects_have_a_visible_border(tmp_path):
+    """Two objects whose masks touch (or overlap under occlusion) never share a colour, and on a
+    grayscale image their grey levels are MIN_LUMA_STEP apart: the image shows where one ends."""
+    from scipy.ndimage import binary_dilation
+
+    from rmi.data.shapes import MIN_LUMA_STEP, TOUCH_PX
+
+    root = tmp_path / "s"
+    generate({**shapes_params({"train": 60}), "grayscale_fraction": 0.5}, root)
+    instances = json.loads((root / "instances.json").read_text())
+    images = {i["id"]: i for i in instances["images"]}
+    by_image = collections.defaultdict(list)
+    for ann in instances["annotations"]:
+        if not ann["iscrowd"]:
+            by_image[ann["image_id"]].append(ann)
+    touching = {"colour": 0, "gray": 0}
+    for image_id, anns in by_image.items():
+        info = images[image_id]
+        gray = Image.open(root / "images" / info["file_name"]).mode == "L"
+        masks = [get_mask({"ann_id": a["id"], "image_id": image_id}, {a["id"]: a}, images) > 0 for a in anns]
+        for i in range(len(anns)):
+            near = binary_dilation(masks[i], iterations=TOUCH_PX)
+            for j in range(i + 1, len(anns)):
+                if not (near & masks[j]).any():
+                    continue
+                a, b = (COLOURS[anns[k]["attributes"]["colour"]] for k in (i, j))
+                touching["gray" if gray else "colour"] += 1
+                assert a != b, (image_id, anns[i]["id"], anns[j]["id"])
+                if gray:
+                    luma = [0.299 * r + 0.587 * g + 0.114 * b_ for r, g, b_ in (a, b)]
+                    assert abs(luma[0] - luma[1]) >= MIN_LUMA_STEP, (image_id, luma)
+    assert touching["colour"] >= 10 and touching["gray"] >= 10, touching  # the rule was put to the test

@@ -15,17 +15,20 @@
   backgrounds, a ``grayscale_fraction`` of single-channel JPEGs.
 
 The image is painted from the DECODED annotations (``pycocotools`` ``frPyObjects`` + ``decode``, as
-the toolkit's ``REFER.getMask`` reads them), so an object's mask is exactly the region that shows it.
-Each image holds 2-6 (``objects``) shapes of 7 categories, 8 colours and varied sizes; later shapes
-occlude earlier ones, and every object keeps at least ``MIN_VISIBLE`` of its area and ``MIN_AREA``
-pixels. Referred objects get 1-4 expressions that identify them uniquely among the objects of their
-image (category, colour, size relative to the same category, location relative to the other
-candidates), from one word ("star") to long ones with true but redundant attributes ("the big red
-star on the left side of the image next to the blue square"), so that the length buckets of the
-paper's Tables 2-5 are all populated. ``location_words: false`` (``shapes+``, like UNC+) never uses a
-word of ``LOCATION_WORDS``. On grayscale images colour words are never used (the colour cannot be
-seen). As in RefCOCO, ``testA`` refers only to objects of the group ``GROUP_A`` (round shapes) and
-``testB`` only to the others; train and val refer to both.
+the toolkit's ``REFER.getMask`` reads them), so an object's mask is exactly the region that shows
+it. Each image holds 2-6 (``objects``) shapes of 7 categories, 8 colours and varied sizes; later
+shapes occlude earlier ones, and every object keeps at least ``MIN_VISIBLE`` of its area and
+``MIN_AREA`` pixels. Shapes that overlap or touch differ in colour, and on grayscale images in
+brightness by at least ``MIN_LUMA_STEP``, so the border between two objects is always visible (as
+the border of a mask must be, for a model or a reader to find it). Referred objects get 1-4
+expressions that identify them uniquely among the objects of their image (category, colour, size
+relative to the same category, location relative to the other candidates), from one word ("star") to
+long ones with true but redundant attributes ("the big red star on the left side of the image next
+to the blue square"), so that the length buckets of the paper's Tables 2-5 are all populated.
+``location_words: false`` (``shapes+``, like UNC+) never uses a word of ``LOCATION_WORDS``. On
+grayscale images colour words are never used (the colour cannot be seen). As in RefCOCO, ``testA``
+refers only to objects of the group ``GROUP_A`` (round shapes) and ``testB`` only to the others;
+train and val refer to both.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scipy.ndimage import binary_dilation
 from shapely.geometry import LineString, Polygon
 from shapely.ops import split as split_geometry
 from shapely.ops import unary_union
@@ -74,6 +78,8 @@ DEFAULT_OBJECTS = (2, 6)
 DEFAULT_SCALE = (0.12, 0.28)
 MIN_VISIBLE = 0.6
 MIN_AREA = 40
+MIN_LUMA_STEP = 25  # grey level apart (0-255) of two touching shapes on a grayscale image
+TOUCH_PX = 2  # outlines this close count as touching
 ROUND_VERTICES = 48  # vertices of a circle/ellipse polygon (chord error < 0.25 px at radius 95)
 RING_HOLE = 0.55  # inner radius of a ring / outer radius
 CROWD_FRACTION = 0.2  # share of images with a crowd of grey dots (iscrowd: 1, never referred)
@@ -249,16 +255,39 @@ def _roughly_visible(fulls: list[np.ndarray]) -> bool:
     return True
 
 
-def _place_shapes(rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float]) -> list[Shape]:
-    """Draw ``n`` shapes in order (later ones in front); every shape keeps enough visible area."""
+def _luma(colour: str) -> float:
+    """The grey level (ITU-R 601, as PIL's ``convert("L")``) of a colour of ``COLOURS``."""
+    r, g, b = COLOURS[colour]
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def _colours_apart_from(neighbours: list[str], gray: bool) -> list[str]:
+    """The colours a shape may take next to shapes of colours ``neighbours``: any other colour, and
+    on a grayscale image one at least ``MIN_LUMA_STEP`` grey levels from each."""
+    if gray:
+        return [c for c in COLOURS if all(abs(_luma(c) - _luma(n)) >= MIN_LUMA_STEP for n in neighbours)]
+    return [c for c in COLOURS if c not in neighbours]
+
+
+def _place_shapes(
+    rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float], gray: bool = False
+) -> list[Shape]:
+    """Draw ``n`` shapes in order (later ones in front); every shape keeps enough visible area, and its
+    colour sets it apart from the shapes its outline touches (``_colours_apart_from``)."""
     shapes: list[Shape] = []
     fulls: list[np.ndarray] = []
     for _ in range(n):
         for _attempt in range(30):
             category = CATEGORIES[rng.integers(len(CATEGORIES))]
-            colour = list(COLOURS)[rng.integers(len(COLOURS))]
-            shape = Shape(category, colour, _outline(rng, category, h, w, scale))
-            full = decode_polygons(shape.outline, h, w)
+            outline = _outline(rng, category, h, w, scale)
+            full = decode_polygons(outline, h, w)
+            near = binary_dilation(full, iterations=TOUCH_PX)
+            allowed = _colours_apart_from(
+                [s.colour for s, f in zip(shapes, fulls, strict=True) if (f & near).any()], gray
+            )
+            if not allowed:
+                continue
+            shape = Shape(category, allowed[rng.integers(len(allowed))], outline)
             if _roughly_visible([*fulls, full]) and _assign_visibility([*shapes, shape], h, w):
                 shapes.append(shape)
                 fulls.append(full)
@@ -493,8 +522,8 @@ def _draw_scene(rng, split: str, params: dict, objects, scale, location_ok: bool
     split's group; ``targets`` = ``[(shape index, minimal description)]``."""
     while True:
         h, w = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, size=2))
-        shapes = _place_shapes(rng, h, w, int(rng.integers(objects[0], objects[1] + 1)), scale)
         gray = bool(rng.random() < params["grayscale_fraction"])
+        shapes = _place_shapes(rng, h, w, int(rng.integers(objects[0], objects[1] + 1)), scale, gray)
         targets = []
         for i, s in enumerate(shapes):
             d = _descriptions(i, shapes, h, w, not gray, location_ok, rng) if _referable(split, s.category) else None
