@@ -276,14 +276,15 @@ def _place_shapes(
     colour sets it apart from the shapes its outline touches (``_colours_apart_from``)."""
     shapes: list[Shape] = []
     fulls: list[np.ndarray] = []
+    nears: list[np.ndarray] = []
     for _ in range(n):
         for _attempt in range(30):
             category = CATEGORIES[rng.integers(len(CATEGORIES))]
             outline = _outline(rng, category, h, w, scale)
             full = decode_polygons(outline, h, w)
-            near = binary_dilation(full, iterations=TOUCH_PX)
+            # within TOUCH_PX of a placed shape = meeting its dilation (the structuring element is symmetric)
             allowed = _colours_apart_from(
-                [s.colour for s, f in zip(shapes, fulls, strict=True) if (f & near).any()], gray
+                [s.colour for s, near in zip(shapes, nears, strict=True) if (full & near).any()], gray
             )
             if not allowed:
                 continue
@@ -291,6 +292,7 @@ def _place_shapes(
             if _roughly_visible([*fulls, full]) and _assign_visibility([*shapes, shape], h, w):
                 shapes.append(shape)
                 fulls.append(full)
+                nears.append(binary_dilation(full, iterations=TOUCH_PX))
                 break
     _assign_visibility(shapes, h, w)
     return shapes
