@@ -2,6 +2,7 @@
 #
 # Paths: every file a rule writes lives under the config's `results_dir` (`results()` below), so
 # the outputs of two configs never stand in for each other; raw downloads stay in data/.
+import ast
 import json
 import os
 import re
@@ -24,6 +25,17 @@ os.environ.update(
 )
 
 RESULTS = config["results_dir"]
+
+
+# The generated sets' version (a params of generate_shapes): bumped in rmi/data/shapes.py, it draws
+# them again. Read from the module's source: importing it would slow every Snakemake start.
+with open(os.path.join(workflow.basedir, "rmi", "data", "shapes.py")) as f:
+    SHAPES_VERSION = next(
+        ast.literal_eval(node.value)
+        for node in ast.parse(f.read()).body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["SHAPES_VERSION"]
+    )
 
 
 def results(path):

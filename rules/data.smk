@@ -21,6 +21,7 @@ rule generate_shapes:
             dataset_cfg(wildcards)["generator"], sort_keys=True
         ),
         out_dir=lambda wildcards, output: os.path.dirname(output.refs),
+        version=SHAPES_VERSION,
     shell:
         "python -m workflow_scripts.generate_shapes --params {params.generator:q}"
         " --out-dir {params.out_dir:q} --threads {threads} > {log} 2>&1"

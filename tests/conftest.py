@@ -52,9 +52,15 @@ GPU_RULES = {"train", "train_lockstep", "predict", "extract_features", "pretrain
 
 
 def snakemake(
-    workdir: Path, *args: str, configfile: Path | list[Path] = TINY_CONFIG, cores: int = 2, check: bool = True
+    workdir: Path,
+    *args: str,
+    configfile: Path | list[Path] = TINY_CONFIG,
+    cores: int = 2,
+    check: bool = True,
+    snakefile: Path = REPO / "Snakefile",
 ):
-    """Run the repository's workflow in ``workdir`` (a CLI call); returns the CompletedProcess.
+    """Run the repository's workflow (or another ``snakefile``) in ``workdir`` (a CLI call); returns the
+    CompletedProcess.
 
     ``configfile``: one file, or a config and its overlays (merged in order, as ``--configfile a b``).
     """
@@ -62,7 +68,7 @@ def snakemake(
     cmd = [
         str(SNAKEMAKE),
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "--directory",
         str(workdir),
         "--cores",

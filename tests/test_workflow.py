@@ -4,6 +4,7 @@ the paper grid plan."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import pandas as pd
@@ -90,6 +91,28 @@ def test_train_change_reruns_training(completed_tiny_run, tmp_path):
 def test_checkpoint_interval_change_reruns_nothing(completed_tiny_run, tmp_path):
     cfg = changed_config(tmp_path, "train", "checkpoint_every", 3)
     assert planned_jobs(snakemake(completed_tiny_run, "-n", configfile=cfg).stdout) == {}
+
+
+def test_generator_version_bump_regenerates_the_data(completed_tiny_run, tmp_path):
+    """``SHAPES_VERSION`` (rmi/data/shapes.py) is a params of generate_shapes: a copy of the workflow
+    plans nothing on the completed run, and with the version bumped it draws the set again and redoes
+    what depends on it (the generator's code is not an input Snakemake could see change)."""
+    from rmi.data.shapes import SHAPES_VERSION
+
+    copy = tmp_path / "workflow"
+    for name in ("rules", "config", "report", "envs"):
+        shutil.copytree(REPO / name, copy / name)
+    shutil.copy(REPO / "Snakefile", copy / "Snakefile")
+    shapes = copy / "rmi" / "data" / "shapes.py"
+    shapes.parent.mkdir(parents=True)
+    source = (REPO / "rmi" / "data" / "shapes.py").read_text()
+    shapes.write_text(source)
+    assert planned_jobs(snakemake(completed_tiny_run, "-n", snakefile=copy / "Snakefile").stdout) == {}
+    old, new = f"SHAPES_VERSION = {SHAPES_VERSION} ", f"SHAPES_VERSION = {SHAPES_VERSION + 1} "
+    assert source.count(old) == 1
+    shapes.write_text(source.replace(old, new))
+    jobs = planned_jobs(snakemake(completed_tiny_run, "-n", snakefile=copy / "Snakefile").stdout)
+    assert jobs.get("generate_shapes") == 1 and jobs.get("pretrain_backbone") == 1 and jobs.get("train") == 2
 
 
 def _files(root, skip):

@@ -78,6 +78,9 @@ DEFAULT_OBJECTS = (2, 6)
 DEFAULT_SCALE = (0.12, 0.28)
 MIN_VISIBLE = 0.6
 MIN_AREA = 40
+#: the version of what ``generate`` writes for given params: bump it whenever a change of this module
+#: changes the files, so that generate_shapes (which reads it as a param) draws every set again
+SHAPES_VERSION = 2  # 2: touching shapes apart in colour
 MIN_LUMA_STEP = 25  # grey level apart (0-255) of two touching shapes on a grayscale image
 TOUCH_PX = 2  # outlines this close count as touching
 ROUND_VERTICES = 48  # vertices of a circle/ellipse polygon (chord error < 0.25 px at radius 95)
