@@ -29,7 +29,9 @@ RESULTS = config["results_dir"]
 
 # The generated sets' version (a params of generate_shapes): bumped in rmi/data/shapes.py, it draws
 # them again. Read from the module's source: importing it would slow every Snakemake start.
-with open(os.path.join(workflow.basedir, "rmi", "data", "shapes.py")) as f:
+with open(
+    os.path.join(str(workflow.current_basedir), "..", "rmi", "data", "shapes.py")
+) as f:
     SHAPES_VERSION = next(
         ast.literal_eval(node.value)
         for node in ast.parse(f.read()).body
