@@ -273,7 +273,7 @@ def _colours_apart_from(neighbours: list[str], gray: bool) -> list[str]:
 
 
 def _place_shapes(
-    rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float], gray: bool = False
+    rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float], gray: bool
 ) -> list[Shape]:
     """Draw ``n`` shapes in order (later ones in front); every shape keeps enough visible area, and its
     colour sets it apart from the shapes its outline touches (``_colours_apart_from``)."""
