@@ -204,3 +204,25 @@ def test_touching_objects_have_a_visible_border(tmp_path):
                     luma = [0.299 * r + 0.587 * g + 0.114 * b_ for r, g, b_ in (a, b)]
                     assert abs(luma[0] - luma[1]) >= MIN_LUMA_STEP, (image_id, luma)
     assert touching["colour"] >= 10 and touching["gray"] >= 10, touching  # the rule was put to the test
+
+
+@pytest.mark.parametrize("location_words", [True, False], ids=["shapes", "shapes+"])
+def test_same_category_images_refer_to_shapes_that_have_a_twin(tmp_path, location_words):
+    """With ``same_category: 1`` every referred shape shares its category with another shape of its
+    image (as in RefCOCO), in every split's group."""
+    root = tmp_path / "s"
+    generate({**shapes_params(SMALL, location_words=location_words), "same_category": 1.0}, root)
+    instances = json.loads((root / "instances.json").read_text())
+    categories = collections.defaultdict(list)
+    for ann in instances["annotations"]:
+        if not ann["iscrowd"]:
+            categories[ann["image_id"]].append(ann["category_id"])
+    refs = pickle.loads((root / "refs(unc).p").read_bytes())
+    assert {r["split"] for r in refs} == set(SMALL)
+    assert all(categories[r["image_id"]].count(r["category_id"]) >= 2 for r in refs)
+
+
+def test_no_same_category_share_draws_the_files_of_a_config_without_it(shapes, tmp_path):
+    root, _ = shapes
+    generate({**shapes_params(SMALL), "same_category": 0.0}, tmp_path / "zero")
+    assert digest(tmp_path / "zero") == digest(root)

@@ -24,7 +24,10 @@ the border of a mask must be, for a model or a reader to find it). Referred obje
 expressions that identify them uniquely among the objects of their image (category, colour, size
 relative to the same category, location relative to the other candidates), from one word ("star") to
 long ones with true but redundant attributes ("the big red star on the left side of the image next
-to the blue square"), so that the length buckets of the paper's Tables 2-5 are all populated.
+to the blue square"), so that the length buckets of the paper's Tables 2-5 are all populated. With
+``same_category`` (the demo: 1), images are drawn as RefCOCO's were chosen: each holds two or more
+shapes of one category, and only shapes with such a twin are referred to, so that no expression
+can name its shape by the category alone.
 ``location_words: false`` (``shapes+``, like UNC+) never uses a word of ``LOCATION_WORDS``. On
 grayscale images colour words are never used (the colour cannot be seen). As in RefCOCO, ``testA``
 refers only to objects of the group ``GROUP_A`` (round shapes) and ``testB`` only to the others;
@@ -273,16 +276,23 @@ def _colours_apart_from(neighbours: list[str], gray: bool) -> list[str]:
 
 
 def _place_shapes(
-    rng: np.random.Generator, h: int, w: int, n: int, scale: tuple[float, float], gray: bool
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    n: int,
+    scale: tuple[float, float],
+    gray: bool,
+    forced: dict[int, str] | None = None,
 ) -> list[Shape]:
     """Draw ``n`` shapes in order (later ones in front); every shape keeps enough visible area, and its
-    colour sets it apart from the shapes its outline touches (``_colours_apart_from``)."""
+    colour sets it apart from the shapes its outline touches (``_colours_apart_from``). ``forced``:
+    the category of the shapes at those positions of the order (the others: drawn at random)."""
     shapes: list[Shape] = []
     fulls: list[np.ndarray] = []
     nears: list[np.ndarray] = []
-    for _ in range(n):
+    for k in range(n):
         for _attempt in range(30):
-            category = CATEGORIES[rng.integers(len(CATEGORIES))]
+            category = (forced or {}).get(k) or CATEGORIES[rng.integers(len(CATEGORIES))]
             outline = _outline(rng, category, h, w, scale)
             full = decode_polygons(outline, h, w)
             # within TOUCH_PX of a placed shape = meeting its dilation (the structuring element is symmetric)
@@ -522,16 +532,34 @@ def _referable(split: str, category: str) -> bool:
     return {"testA": category in GROUP_A, "testB": category not in GROUP_A}.get(split, True)
 
 
+def _same_category(rng, split: str, n: int) -> dict[int, str]:
+    """Positions (in drawing order) of 2 to ``n`` shapes of one category referable in ``split``."""
+    referable = [c for c in CATEGORIES if _referable(split, c)]
+    category = referable[rng.integers(len(referable))]
+    slots = rng.permutation(n)[: int(rng.integers(2, n + 1))]
+    return {int(k): category for k in slots}
+
+
 def _draw_scene(rng, split: str, params: dict, objects, scale, location_ok: bool):
     """``(scene, gray, targets)``: an image with at least two shapes and one referable target of the
-    split's group; ``targets`` = ``[(shape index, minimal description)]``."""
+    split's group; ``targets`` = ``[(shape index, minimal description)]``.
+
+    A ``same_category`` share of the images (as every RefCOCO image) holds 2 or more shapes of one
+    category, and only shapes that share their category with another are referred to there, so their
+    expressions must tell them apart by colour, size or location."""
+    same_share = float(params.get("same_category", 0.0))
     while True:
         h, w = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, size=2))
         gray = bool(rng.random() < params["grayscale_fraction"])
-        shapes = _place_shapes(rng, h, w, int(rng.integers(objects[0], objects[1] + 1)), scale, gray)
+        n = int(rng.integers(objects[0], objects[1] + 1))
+        same = bool(same_share and rng.random() < same_share)
+        shapes = _place_shapes(rng, h, w, n, scale, gray, _same_category(rng, split, n) if same else None)
+        counts = collections.Counter(s.category for s in shapes)
         targets = []
         for i, s in enumerate(shapes):
-            d = _descriptions(i, shapes, h, w, not gray, location_ok, rng) if _referable(split, s.category) else None
+            if not _referable(split, s.category) or (same and counts[s.category] < 2):
+                continue
+            d = _descriptions(i, shapes, h, w, not gray, location_ok, rng)
             if d is not None:
                 targets.append((i, d))
         if len(shapes) >= 2 and targets:
@@ -646,12 +674,14 @@ def generate(params: dict, out_dir: str | Path, workers: int = 1) -> dict:
     """Write the dataset described by ``params`` (config ``generator:``) to ``out_dir``, atomically.
 
     ``params``: ``seed, location_words, images {split: n}, min_side, max_side,
-    grayscale_fraction`` and optionally ``objects [min, max]`` per image (default ``[2, 6]``) and
+    grayscale_fraction`` and optionally ``objects [min, max]`` per image (default ``[2, 6]``),
     ``object_scale [min, max]``, the shape radius as a share of the image's short side (default
-    ``[0.12, 0.28]``). Images are drawn by ``workers`` processes, each from its own seed, so the
-    files are the same for any ``workers``. The dataset is built in a temporary sibling directory
-    that replaces ``out_dir`` at the end. Returns counts: ``{split: {"images", "refs", "expressions"}}``
-    and ``buckets`` (share of expressions per length bucket 1-2/3/4-5/6-20).
+    ``[0.12, 0.28]``) and ``same_category``, the share of images whose referred shapes each share
+    their category with another shape (default 0; see ``_draw_scene``). Images are drawn by
+    ``workers`` processes, each from its own seed, so the files are the same for any ``workers``. The
+    dataset is built in a temporary sibling directory that replaces ``out_dir`` at the end. Returns
+    counts: ``{split: {"images", "refs", "expressions"}}`` and ``buckets`` (share of expressions per
+    length bucket 1-2/3/4-5/6-20).
     """
     out_dir = Path(out_dir)
     _check_params(params)
