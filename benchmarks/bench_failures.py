@@ -21,7 +21,7 @@ A hit is IoU >= 0.5 (prec@0.5). One JSON line per (dataset, model): the share of
 
 and, for a logits model, among the misses: the share with no positive cell (an empty mask) and the
 share whose highest logit (upsampled, padded S x S) lies on the target: the model found the object,
-but its mask came out too small.
+but its mask came out too faint or took in another shape too.
 """
 
 from __future__ import annotations
