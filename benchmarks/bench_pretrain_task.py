@@ -33,9 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def variant_config(base: dict, variant: str, work: str) -> dict:
     """``config/config.yaml`` with the tiny trunk's pretraining task (and pooling) of ``variant``
-    (``dense``, ``classify:avg``, ``classify:max``, ``objects``) and every output under ``work``."""
+    (``dense``, ``classify:avg``, ``classify:max``, ``objects``) and every output under ``work``; the
+    dense task keeps the config's ``extent`` head, the others have none."""
     task, _, pooling = variant.partition(":")
     pretrain = {**base["backbones"]["tiny"]["pretrain"], "task": task}
+    if task != "dense":
+        pretrain.pop("extent", None)
     if pooling:
         pretrain["pooling"] = pooling
     tiny = {**base["backbones"]["tiny"], "pretrain": pretrain}

@@ -10,7 +10,11 @@ annotations:
   (``category_id``, 0 = background) and colour (``attributes.colour``, 0 = background), cross-entropy
   of two 1x1-conv heads on the trunk output ``(B, C, S/8, S/8)`` against the labels at the cell grid
   (``label[8i, 8j]``, as the referring target is sampled). Crowd regions and, on grey images, the
-  colour are ignored.
+  colour are ignored. With ``extent`` (the demo's ``tiny``), a third head learns each object pixel's
+  size class: the object's visible share of the image, binned at ``EXTENT_EDGES`` (1.. =
+  smallest..largest, 0 = background). Category and colour alone leave a trunk whose cells do not know
+  how large their shape is, and a referring head of 1x1 convolutions cannot compare sizes across
+  cells; "the small ellipse" then went mostly wrong (docs/demo.md, "Where the models miss").
 * ``objects`` (an object-centric analogue of ImageNet, whose photos mostly show one object each):
   a square crop around each object (1.5 times its box, ``object_crops``), resized to
   ``object_size``; cross-entropy of its category and of its colour, read by ``fc`` off the
@@ -75,15 +79,18 @@ TASKS = {"tiny": "dense", "deeplab101": "dense", "resnet101": "classify"}
 ALL_TASKS = ("dense", "classify", "objects")
 #: how ``classify`` pools the per-cell label scores into the image's
 POOLINGS = ("avg", "max")
+#: ``dense`` with ``extent``: an object's visible share of the image, bin edges (4 size classes)
+EXTENT_EDGES = (0.08, 0.12, 0.18)
 
 
 @dataclass
 class LabelledSet:
     """Training images and their labels, resized and padded to S x S.
 
-    ``images (N, S, S, 3) uint8``; per pixel ``category (N, S, S) uint8`` (0 background, ``IGNORE``)
-    and ``colour (N, S, S) uint8`` (0 background, 1.. = ``colours`` order, ``IGNORE``); per image
-    ``present (N, n_categories + len(colours)) float32``: 1 where a category (``category_id - 1``) or a
+    ``images (N, S, S, 3) uint8``; per pixel ``category (N, S, S) uint8`` (0 background, ``IGNORE``),
+    ``colour (N, S, S) uint8`` (0 background, 1.. = ``colours`` order, ``IGNORE``) and ``extent
+    (N, S, S) uint8`` (0 background, 1.. the object's size class by ``EXTENT_EDGES``, ``IGNORE``); per
+    image ``present (N, n_categories + len(colours)) float32``: 1 where a category (``category_id - 1``) or a
     colour (after the categories) appears in the image, ``-1`` for every colour of a grey image
     (unknown: not learned); per visible non-crowd object ``objects (M, 7) int64``: its image, its box
     ``y0, x0, y1, x1`` (S x S pixels, end exclusive), its category (``category_id - 1``) and its colour
@@ -96,6 +103,7 @@ class LabelledSet:
     present: np.ndarray
     colours: list[str]
     objects: np.ndarray
+    extent: np.ndarray
 
     @property
     def n_categories(self) -> int:
@@ -105,15 +113,18 @@ class LabelledSet:
 
 def _labels(item: ImageObjects, size: int, colours: list[str], n_categories: int):
     """One image's padded RGB, its category/colour label maps (later annotations paint over earlier),
-    its image-level labels and its objects' rows but the image (see ``LabelledSet``)."""
+    its image-level labels, its objects' rows but the image and its extent map (see ``LabelledSet``)."""
     image = load_image(item.image_path)
     grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
     category = np.zeros((size, size), np.uint8)
     colour = np.zeros((size, size), np.uint8)
+    extent = np.zeros((size, size), np.uint8)
     present = np.zeros(n_categories + len(colours), np.float32)
     objects = []
     for category_id, attributes, mask_source, crowd in item.objects:
-        mask = resize_and_pad_mask(mask_source.decode(), size)
+        original = mask_source.decode()
+        mask = resize_and_pad_mask(original, size)
+        extent[mask] = IGNORE if crowd else 1 + int(np.searchsorted(EXTENT_EDGES, original.mean()))
         name = attributes.get("colour")
         known = not (crowd or grey or name not in colours)
         category[mask] = IGNORE if crowd else category_id
@@ -128,7 +139,8 @@ def _labels(item: ImageObjects, size: int, colours: list[str], n_categories: int
             present[n_categories + colours.index(name)] = 1
     if grey:
         present[n_categories:] = -1
-    return resize_and_pad_image(image, size), category, colour, present, np.array(objects, np.int64).reshape(-1, 6)
+    objects = np.array(objects, np.int64).reshape(-1, 6)
+    return resize_and_pad_image(image, size), category, colour, present, objects, extent
 
 
 def load_labelled_set(sources: list[dict], size: int, threads: int = 1) -> LabelledSet:
@@ -145,9 +157,10 @@ def load_labelled_set(sources: list[dict], size: int, threads: int = 1) -> Label
     label = partial(_labels, size=size, colours=colours, n_categories=n_categories)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         rows = list(tqdm(pool.map(label, items), total=len(items), disable=None))
-    images, category, colour, present = (np.stack(a) for a in list(zip(*rows, strict=True))[:4])
+    columns = list(zip(*rows, strict=True))
+    images, category, colour, present, extent = (np.stack(columns[i]) for i in (0, 1, 2, 3, 5))
     objects = np.concatenate([np.insert(row[4], 0, k, axis=1) for k, row in enumerate(rows)])
-    return LabelledSet(images, category, colour, present, colours, objects)
+    return LabelledSet(images, category, colour, present, colours, objects, extent)
 
 
 def object_crops(data: LabelledSet, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,10 +188,10 @@ class Pretrainer(nn.Module):
     """A trunk body and the heads of its pretraining task; ``loss(images, targets)`` is the task's loss.
 
     ``body``: ``(B, 3, S, S)`` normalised float -> ``(B, C, S/8, S/8)``. ``dense``: 1x1-conv category and
-    colour heads; ``classify``: ``fc`` (``C -> L >= n_labels``, e.g. the ResNet's own) on the average-pooled
-    output (``pooling="avg"``), or its maximum over the cells (``"max"``); ``objects``: ``fc`` on the
-    average-pooled output, its first ``n_categories - 1`` outputs the category, the next ``n_colours``
-    the colour.
+    colour heads, and with ``extent`` a size-class head; ``classify``: ``fc`` (``C -> L >= n_labels``,
+    e.g. the ResNet's own) on the average-pooled output (``pooling="avg"``), or its maximum over the cells
+    (``"max"``); ``objects``: ``fc`` on the average-pooled output, its first ``n_categories - 1`` outputs
+    the category, the next ``n_colours`` the colour.
     """
 
     def __init__(
@@ -190,6 +203,7 @@ class Pretrainer(nn.Module):
         n_colours: int,
         fc=None,
         pooling: str = "avg",
+        extent: bool = False,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -198,6 +212,7 @@ class Pretrainer(nn.Module):
         if task == "dense":
             self.category = nn.Conv2d(channels, n_categories, 1)
             self.colour = nn.Conv2d(channels, n_colours + 1, 1)
+            self.extent = nn.Conv2d(channels, len(EXTENT_EDGES) + 2, 1) if extent else None
         else:
             self.fc = fc
             self.n_category_labels = n_categories - 1
@@ -206,12 +221,13 @@ class Pretrainer(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(B, 3, S, S) uint8`` -> dense: category ``(B, K, S/8, S/8)`` and colour ``(B, C + 1, S/8, S/8)``
-        logits; classify: ``(B, n_labels)`` logits of the image-level labels; objects: category
-        ``(B, n_categories - 1)`` and colour ``(B, n_colours)`` logits."""
+        """``(B, 3, S, S) uint8`` -> dense: category ``(B, K, S/8, S/8)``, colour ``(B, C + 1, S/8, S/8)``
+        (and extent ``(B, 5, S/8, S/8)``) logits; classify: ``(B, n_labels)`` logits of the image-level
+        labels; objects: category ``(B, n_categories - 1)`` and colour ``(B, n_colours)`` logits."""
         features = self.body((images.float() / 255 - self.mean) / self.std)
         if self.task == "dense":
-            return self.category(features), self.colour(features)
+            heads = [self.category, self.colour] + ([self.extent] if self.extent is not None else [])
+            return tuple(head(features) for head in heads)
         if self.task == "objects":
             logits = self.fc(features.mean((2, 3)))
             return logits[:, : self.n_category_labels], logits[:, self.n_category_labels : self.n_labels]
@@ -254,11 +270,18 @@ class Pretrainer(nn.Module):
 
 
 def build_pretrainer(
-    backbone: str, widths, n_categories: int, n_colours: int, task: str | None = None, pooling: str = "avg"
+    backbone: str,
+    widths,
+    n_categories: int,
+    n_colours: int,
+    task: str | None = None,
+    pooling: str = "avg",
+    extent: bool = False,
 ) -> Pretrainer:
     """The ``Pretrainer`` of ``backbone`` (``tiny`` with stage ``widths``, ``resnet101``, ``deeplab101``) for
     ``task`` (default: ``TASKS[backbone]``), randomly initialised as ``build_backbone`` builds its trunk.
-    ``classify`` and ``objects`` on ``tiny`` get a new ``fc`` (``widths[-1] -> labels``), dropped with the heads."""
+    ``classify`` and ``objects`` on ``tiny`` get a new ``fc`` (``widths[-1] -> labels``), dropped with the heads;
+    ``extent`` (dense only) adds the size-class head."""
     if backbone not in TASKS:
         raise InputError(f"backbones.{backbone}", f"no pretraining for this backbone ({', '.join(TASKS)})")
     task = task or TASKS[backbone]
@@ -266,26 +289,31 @@ def build_pretrainer(
         raise InputError(f"backbones.{backbone}.pretrain.task", f"{task!r}: one of {', '.join(ALL_TASKS)}")
     if pooling not in POOLINGS:
         raise InputError(f"backbones.{backbone}.pretrain.pooling", f"{pooling!r}: one of {', '.join(POOLINGS)}")
+    if extent and task != "dense":
+        raise InputError(f"backbones.{backbone}.pretrain.extent", f"needs the dense task, not {task!r}")
     if backbone == "tiny":
         widths = tuple(widths or TINY_WIDTHS)
         fc = nn.Linear(widths[-1], n_categories - 1 + n_colours) if task != "dense" else None
-        return Pretrainer(tiny_body(widths), widths[-1], task, n_categories, n_colours, fc=fc, pooling=pooling)
-    net = dilated_resnet101()
-    return Pretrainer(resnet_trunk(net), RESNET_CHANNELS, task, n_categories, n_colours, fc=net.fc, pooling=pooling)
+        body, channels = tiny_body(widths), widths[-1]
+    else:
+        net = dilated_resnet101()
+        body, channels, fc = resnet_trunk(net), RESNET_CHANNELS, net.fc
+    return Pretrainer(body, channels, task, n_categories, n_colours, fc=fc, pooling=pooling, extent=extent)
 
 
-def _samples(data: LabelledSet, task: str, object_size: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """What a step draws from: ``arrays`` (images first; dense: with their label maps) and per-sample
-    labels (classify: ``present``; objects: the crops' ``(category, colour)``; dense: unused)."""
+def _samples(data: LabelledSet, task: str, object_size: int, extent: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    """What a step draws from: ``arrays`` (images first; dense: with their label maps, the extent map last
+    with ``extent``) and per-sample labels (classify: ``present``; objects: the crops' ``(category,
+    colour)``; dense: unused)."""
     if task == "objects":
         crops, labels = object_crops(data, object_size)
         return [crops], labels
-    return [data.images, data.category, data.colour], data.present
+    return [data.images, data.category, data.colour] + ([data.extent] if extent else []), data.present
 
 
 def _targets(task: str, arrays: list[np.ndarray], labels: np.ndarray, dev) -> list[torch.Tensor]:
     """The loss targets of a batch: classify ``[present (B, L)]``; objects ``[category (B,), colour (B,)]``;
-    dense the label maps at the cell grid ``[(B, S/8, S/8)] * 2``."""
+    dense the label maps at the cell grid ``[(B, S/8, S/8)] * 2`` (3 with the extent map)."""
     if task == "classify":
         return [torch.from_numpy(labels).to(dev)]
     if task == "objects":
@@ -308,22 +336,25 @@ def pretrain_trunk(
     task: str | None = None,
     pooling: str = "avg",
     object_size: int | None = None,
+    extent: bool = False,
 ) -> dict:
     """Pretrain ``backbone``'s trunk for ``task`` (default: ``TASKS[backbone]``; ``classify`` pools with
     ``pooling``; ``objects`` crops to ``object_size``, default half of ``image_size`` rounded down to a
-    multiple of 8) on the sources' training images (``load_labelled_set``); write its weights to ``out``
+    multiple of 8; ``dense`` also learns each object pixel's size class with ``extent``) on the sources'
+    training images (``load_labelled_set``); write its weights to ``out``
     (see the module doc).
 
-    Returns ``{"task", "pooling", "images", "categories", "colours", "loss_start", "loss_end", "accuracy"}``
+    Returns ``{"task", "pooling", "extent", "images", "categories", "colours", "loss_start", "loss_end",
+    "accuracy"}``
     (accuracy of the heads on the labelled pixels, or labels, of the last 5% of the steps' batches).
     """
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
     data = load_labelled_set(sources, image_size, threads)
-    model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours), task, pooling)
+    model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours), task, pooling, extent)
     object_size = object_size or max(8, image_size // 2 // 8 * 8)
-    arrays_all, labels_all = _samples(data, model.task, object_size)
+    arrays_all, labels_all = _samples(data, model.task, object_size, extent)
     detail = {"classify": f", {pooling} pooling", "objects": f", {len(labels_all)} crops of {object_size} px"}
     log.info(
         "pretraining %s (%s%s) on %d training images: %d categories, colours %s",
@@ -362,6 +393,7 @@ def pretrain_trunk(
     window = max(1, steps // 20)
     summary = {
         "task": model.task,
+        "extent": extent,
         "pooling": pooling if model.task == "classify" else None,
         "images": len(data.images),
         **({"crops": len(labels_all), "object_size": object_size} if model.task == "objects" else {}),

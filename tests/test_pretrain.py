@@ -64,6 +64,27 @@ def test_reads_training_images_only(generated, tmp_path):
         load_labelled_set([source(work, "val")], 32)
 
 
+def test_extent_is_the_size_class_of_the_object_a_pixel_shows(generated):
+    """Each object pixel's extent class is its object's visible share of the ORIGINAL image, binned at
+    EXTENT_EDGES, painted in annotation order like the category; background and crowd as there."""
+    from rmi.data.refer import split_images
+    from rmi.data.transforms import resize_and_pad_mask
+    from rmi.pretrain import EXTENT_EDGES
+
+    root, _ = generated
+    data = load_labelled_set([source(root)], 48)
+    assert np.array_equal(data.extent == 0, data.category == 0)
+    assert np.array_equal(data.extent == IGNORE, data.category == IGNORE)
+    for k, item in enumerate(split_images(root, "unc", root / "images", "train")):
+        expected = np.zeros((48, 48), np.uint8)
+        for _, _, mask_source, crowd in item.objects:
+            original = mask_source.decode()
+            share = np.count_nonzero(original) / original.size
+            expected[resize_and_pad_mask(original, 48)] = IGNORE if crowd else 1 + sum(share > e for e in EXTENT_EDGES)
+        assert np.array_equal(data.extent[k], expected), item.image_id
+    assert len(set(np.unique(data.extent)) - {0, IGNORE}) >= 3  # the classes are put to use
+
+
 def test_tiny_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path):
     root, _ = generated
     torch.set_num_threads(2)
@@ -72,6 +93,7 @@ def test_tiny_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path)
         "tiny", [source(root)], out, image_size=48, steps=120, batch_size=8, lr=3e-3, widths=WIDTHS, threads=2
     )
     assert summary["task"] == "dense" and summary["loss_end"] < 0.6 * summary["loss_start"], summary
+    assert not summary["extent"]
     state = torch.load(out, weights_only=True)
     cfg = {"pretrained": True, "freeze_trunk": True, "weights_path": None, "widths": list(WIDTHS)}
     trunk, _ = build_backbone("tiny", 16, cfg, str(out))
@@ -81,6 +103,26 @@ def test_tiny_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path)
         build_backbone("tiny", 16, {**cfg, "widths": [8, 8, 32]}, str(out))
     with pytest.raises(InputError, match="give weights_path"):
         build_backbone("tiny", 16, cfg)
+
+
+def test_extent_head_learns_and_leaves_the_same_trunk(generated, tmp_path):
+    """With ``extent`` the dense task has a third head, the three losses fall together, and the weights
+    written are the trunk's alone (they load as the tiny trunk's); ``extent`` needs the dense task."""
+    from rmi.pretrain import build_pretrainer
+
+    root, _ = generated
+    out = tmp_path / "tiny_extent.pth"
+    summary = pretrain_trunk(
+        "tiny", [source(root)], out, image_size=48, steps=120, batch_size=8, lr=3e-3, widths=WIDTHS, extent=True
+    )
+    assert summary["extent"] and summary["loss_end"] < 0.6 * summary["loss_start"], summary
+    heads = build_pretrainer("tiny", WIDTHS, 8, 8, extent=True)(torch.zeros(2, 3, 48, 48, dtype=torch.uint8))
+    assert [h.shape[1] for h in heads] == [8, 9, 5]
+    cfg = {"pretrained": True, "freeze_trunk": True, "weights_path": None, "widths": list(WIDTHS)}
+    trunk, _ = build_backbone("tiny", 16, cfg, str(out))
+    assert trunk.frozen
+    with pytest.raises(InputError, match="needs the dense task"):
+        build_pretrainer("tiny", WIDTHS, 8, 8, task="classify", extent=True)
 
 
 @pytest.mark.parametrize("backbone", ["resnet101", "deeplab101"])
@@ -223,7 +265,8 @@ def test_object_crops_centre_the_object_at_two_thirds_of_the_crop():
     images[0, 10:22, 20:32] = 255
     images[0, :, 40:] = 255
     objects = np.array([[0, 10, 20, 22, 32, 3, 5], [0, 0, 40, 12, 48, 1, IGNORE]])
-    data = LabelledSet(images, images[..., 0], images[..., 0], np.zeros((1, 15), np.float32), ["a"], objects)
+    labels = images[..., 0]
+    data = LabelledSet(images, labels, labels, np.zeros((1, 15), np.float32), ["a"], objects, labels)
     crops, labels = object_crops(data, 24)
     assert crops.shape == (2, 24, 24, 3) and labels.tolist() == [[3, 5], [1, IGNORE]]
     white = crops[0, ..., 0] > 127

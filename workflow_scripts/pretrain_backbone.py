@@ -17,7 +17,8 @@ def main(argv=None):
     p.add_argument(
         "--params",
         required=True,
-        help='JSON: {"steps", "batch_size", "lr"[, "task", "pooling", "object_size"]} (backbones.<name>.pretrain)',
+        help='JSON: {"steps", "batch_size", "lr"[, "task", "pooling", "object_size", "extent"]}'
+        " (backbones.<name>.pretrain)",
     )
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--threads", required=True, type=int)
@@ -40,6 +41,7 @@ def main(argv=None):
         task=params.get("task"),
         pooling=params.get("pooling", "avg"),
         object_size=params.get("object_size"),
+        extent=params.get("extent", False),
     )
 
 
