@@ -106,8 +106,7 @@ if [[ -s $JSONL ]]; then
 fi
 
 if [[ -z $ONLY || " $ONLY " == *" gpu-dag "* ]]; then
-    stage gpu-dag 480 snakemake --profile profiles/local --configfile=config/gpu.yaml results/gpu/table1.csv
-    stage gpu-dag 60 snakemake --profile profiles/local --configfile=config/gpu.yaml \
+    stage gpu-dag 560 snakemake --profile profiles/local --configfile=config/gpu.yaml results/gpu/table1.csv \
         results/gpu/figures/shapes/deeplab101/qualitative.png
     dag_report gpu results/gpu
 fi
