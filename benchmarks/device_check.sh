@@ -4,8 +4,8 @@
 #   the paper's batch-1 setting in one process, next to each fusion alone, step and real loop) ->
 #   bench_train.py: resnet101+RMI and +LSTM at 320, batch 1 eager vs CUDA graphs (fp32 with TF32 off and on,
 #   today's defaults, cached trunk features), batch 8 bf16, the real rmi.train.run loop, predict throughput
-#   by batch size -> summary table -> whole DAGs with profiles/local: gpu-dag (config/gpu.yaml's Table 1,
-#   then its qualitative figure) and demo-dag (the CPU demo's Table 1 on the GPU).
+#   by batch size -> summary table -> whole DAGs with profiles/local: gpu-dag (config/gpu.yaml's Table 1
+#   and its qualitative figure, one snakemake call) and demo-dag (the CPU demo's Table 1 on the GPU).
 #
 #   device tool, repo root, carry [".whl"]:  bash benchmarks/device_check.sh
 #   only some stages:  ONLY="gpu lockstep" bash benchmarks/device_check.sh;  ONLY="gpu-dag demo-dag" ...
