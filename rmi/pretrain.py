@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +105,7 @@ class LabelledSet:
     objects: np.ndarray
     extent: np.ndarray
 
-    @property
+    @cached_property  # a pass over every label pixel (0.4 s for the demo's 4000 images), asked for 3 times
     def n_categories(self) -> int:
         """Category labels including background (0)."""
         return int(self.category[self.category != IGNORE].max()) + 1
