@@ -28,9 +28,10 @@ demo: $(STAMP)
 	@echo; cat results/table1.md; echo
 	@echo "Figures: $(DEMO_FIGURES) (all of them: make figures)"
 
-# The lint runs first: a lint failure fails `make test` (and .ci/run).
+# The lint runs first: a lint failure fails `make test` (and .ci/run). The 12 slowest tests are listed
+# at the end, so a CI log shows where its time goes.
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -42,7 +43,7 @@ lint: $(STAMP)
 figures: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-# The README's figure: the demo's qualitative grid of shapes testA, drawn by the pipeline.
+# The README's figure: the demo's qualitative grid of shapes val (figures.split), drawn by the pipeline.
 docs-figure: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) results/figures/shapes/tiny/qualitative.png
 	cp results/figures/shapes/tiny/qualitative.png docs/demo-qualitative.png

@@ -33,7 +33,9 @@ annotations:
 ``benchmarks/bench_pretrain_task.py`` measures what each task leaves the referring model.
 
 Both train with Adam (polynomial decay), random flips and quarter turns (neither changes a shape's
-category or colour), bf16 autocast where the hardware has it natively (``rmi.device.autocast``). The
+category or colour), with ``precision="auto"`` in bf16 autocast where the hardware has it natively
+(CUDA, a CPU with AMX or AVX512-BF16: ``rmi.device.native_bf16``), in fp32 elsewhere; ``"fp32"``
+keeps fp32 everywhere, so the weights do not depend on whether the CPU has bf16. The
 heads are dropped and the trunk's weights are written in the layout ``build_backbone`` reads through
 the same code path as torchvision's (``tiny``: ``TinyBody``'s state_dict; ``resnet101``: a whole
 torchvision ResNet-101 state_dict, ``fc`` included; ``deeplab101``: the trunk under ``backbone.``, as
@@ -79,6 +81,8 @@ TASKS = {"tiny": "dense", "deeplab101": "dense", "resnet101": "classify"}
 ALL_TASKS = ("dense", "classify", "objects")
 #: how ``classify`` pools the per-cell label scores into the image's
 POOLINGS = ("avg", "max")
+#: ``auto``: bf16 autocast where native (``native_bf16``), fp32 elsewhere; ``fp32``: fp32 everywhere
+PRECISIONS = ("auto", "fp32")
 #: ``dense`` with ``extent``: an object's visible share of the image, bin edges (4 size classes)
 EXTENT_EDGES = (0.08, 0.12, 0.18)
 
@@ -337,30 +341,35 @@ def pretrain_trunk(
     pooling: str = "avg",
     object_size: int | None = None,
     extent: bool = False,
+    precision: str = "auto",
 ) -> dict:
     """Pretrain ``backbone``'s trunk for ``task`` (default: ``TASKS[backbone]``; ``classify`` pools with
     ``pooling``; ``objects`` crops to ``object_size``, default half of ``image_size`` rounded down to a
-    multiple of 8; ``dense`` also learns each object pixel's size class with ``extent``) on the sources'
-    training images (``load_labelled_set``); write its weights to ``out``
-    (see the module doc).
+    multiple of 8; ``dense`` also learns each object pixel's size class with ``extent``) in ``precision``
+    (``PRECISIONS``) on the sources' training images (``load_labelled_set``); write its weights to
+    ``out`` (see the module doc).
 
-    Returns ``{"task", "pooling", "extent", "images", "categories", "colours", "loss_start", "loss_end",
-    "accuracy"}``
-    (accuracy of the heads on the labelled pixels, or labels, of the last 5% of the steps' batches).
+    Returns ``{"task", "pooling", "extent", "precision" (as run: bf16 or fp32), "images", "categories",
+    "colours", "loss_start", "loss_end", "accuracy"}`` (accuracy of the heads on the labelled pixels, or
+    labels, of the last 5% of the steps' batches).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
+    bf16 = precision == "auto" and native_bf16(dev)
     data = load_labelled_set(sources, image_size, threads)
     model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours), task, pooling, extent)
     object_size = object_size or max(8, image_size // 2 // 8 * 8)
     arrays_all, labels_all = _samples(data, model.task, object_size, extent)
     detail = {"classify": f", {pooling} pooling", "objects": f", {len(labels_all)} crops of {object_size} px"}
     log.info(
-        "pretraining %s (%s%s) on %d training images: %d categories, colours %s",
+        "pretraining %s (%s%s, %s) on %d training images: %d categories, colours %s",
         backbone,
         model.task,
         detail.get(model.task, ""),
+        "bf16" if bf16 else "fp32",
         len(data.images),
         data.n_categories - 1,
         data.colours,
@@ -375,7 +384,7 @@ def pretrain_trunk(
         arrays = dihedral([a[idx] for a in arrays_all], int(rng.integers(8)))
         images = torch.from_numpy(np.ascontiguousarray(arrays[0])).permute(0, 3, 1, 2).to(dev)  # channels-last
         targets = _targets(model.task, arrays, labels_all[idx], dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=native_bf16(dev)):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
         loss = model.loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -394,6 +403,7 @@ def pretrain_trunk(
     summary = {
         "task": model.task,
         "extent": extent,
+        "precision": "bf16" if bf16 else "fp32",
         "pooling": pooling if model.task == "classify" else None,
         "images": len(data.images),
         **({"crops": len(labels_all), "object_size": object_size} if model.task == "objects" else {}),

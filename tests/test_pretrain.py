@@ -4,6 +4,7 @@ loss falls, the weights load through build_backbone as torchvision's do."""
 from __future__ import annotations
 
 import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -103,6 +104,26 @@ def test_tiny_pretraining_learns_and_loads_as_trunk_weights(generated, tmp_path)
         build_backbone("tiny", 16, {**cfg, "widths": [8, 8, 32]}, str(out))
     with pytest.raises(InputError, match="give weights_path"):
         build_backbone("tiny", 16, cfg)
+
+
+def test_precision_auto_takes_native_bf16_and_fp32_never(generated, tmp_path, monkeypatch):
+    """With bf16 native (patched: this CPU may lack it), ``auto`` pretrains under bf16 autocast and
+    ``fp32`` does not: the two runs log their precision and leave different weights; ``fp32`` gives
+    the same weights as ``auto`` where bf16 is not native."""
+    root, _ = generated
+    run = partial(pretrain_trunk, "tiny", [source(root)], image_size=32, steps=3, batch_size=4, lr=3e-3, widths=WIDTHS)
+    monkeypatch.setattr("rmi.pretrain.native_bf16", lambda dev: True)
+    assert run(tmp_path / "auto.pth")["precision"] == "bf16"
+    assert run(tmp_path / "fp32.pth", precision="fp32")["precision"] == "fp32"
+    monkeypatch.setattr("rmi.pretrain.native_bf16", lambda dev: False)
+    assert run(tmp_path / "auto_fp32.pth")["precision"] == "fp32"
+    auto, fp32, auto_fp32 = (
+        torch.load(tmp_path / f"{n}.pth", weights_only=True) for n in ("auto", "fp32", "auto_fp32")
+    )
+    assert any(not torch.equal(auto[k], fp32[k]) for k in fp32)
+    assert all(torch.equal(auto_fp32[k], fp32[k]) for k in fp32)
+    with pytest.raises(ValueError, match="precision 'bf16'"):
+        run(tmp_path / "x.pth", precision="bf16")
 
 
 def test_extent_head_learns_and_leaves_the_same_trunk(generated, tmp_path):

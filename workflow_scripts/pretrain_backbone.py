@@ -17,7 +17,7 @@ def main(argv=None):
     p.add_argument(
         "--params",
         required=True,
-        help='JSON: {"steps", "batch_size", "lr"[, "task", "pooling", "object_size", "extent"]}'
+        help='JSON: {"steps", "batch_size", "lr"[, "task", "pooling", "object_size", "extent", "precision"]}'
         " (backbones.<name>.pretrain)",
     )
     p.add_argument("--seed", required=True, type=int)
@@ -42,6 +42,7 @@ def main(argv=None):
         pooling=params.get("pooling", "avg"),
         object_size=params.get("object_size"),
         extent=params.get("extent", False),
+        precision=params.get("precision", "auto"),
     )
 
 
