@@ -358,7 +358,7 @@ def pretrain_trunk(
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
-    bf16 = precision == "auto" and native_bf16(dev)
+    run_in = "bf16" if precision == "auto" and native_bf16(dev) else "fp32"
     data = load_labelled_set(sources, image_size, threads)
     model = build_pretrainer(backbone, widths, data.n_categories, len(data.colours), task, pooling, extent)
     object_size = object_size or max(8, image_size // 2 // 8 * 8)
@@ -369,7 +369,7 @@ def pretrain_trunk(
         backbone,
         model.task,
         detail.get(model.task, ""),
-        "bf16" if bf16 else "fp32",
+        run_in,
         len(data.images),
         data.n_categories - 1,
         data.colours,
@@ -384,7 +384,7 @@ def pretrain_trunk(
         arrays = dihedral([a[idx] for a in arrays_all], int(rng.integers(8)))
         images = torch.from_numpy(np.ascontiguousarray(arrays[0])).permute(0, 3, 1, 2).to(dev)  # channels-last
         targets = _targets(model.task, arrays, labels_all[idx], dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run_in == "bf16"):
             logits = model(images)
         loss = model.loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -403,7 +403,7 @@ def pretrain_trunk(
     summary = {
         "task": model.task,
         "extent": extent,
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": run_in,
         "pooling": pooling if model.task == "classify" else None,
         "images": len(data.images),
         **({"crops": len(labels_all), "object_size": object_size} if model.task == "objects" else {}),
